@@ -1,0 +1,834 @@
+//! Connection settings, filled from `ETCD3_*` environment variables.
+//!
+//! Port of the Go `etcdutil.NewConfig`: what the caller set wins, what it left
+//! blank comes from the environment, and what neither set gets a default.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::error::SharedError;
+use crate::tls::{self, FileNames};
+
+/// Comma-separated endpoints: `host:port` or `http(s)://host:port`.
+pub const ETCD3_ENDPOINT: &str = "ETCD3_ENDPOINT";
+/// User name for etcd's authentication.
+pub const ETCD3_USER: &str = "ETCD3_USER";
+/// Password for etcd's authentication.
+pub const ETCD3_PASSWORD: &str = "ETCD3_PASSWORD";
+/// Path of a PEM client certificate (needs [`ETCD3_TLS_KEY`]).
+pub const ETCD3_TLS_CERT: &str = "ETCD3_TLS_CERT";
+/// Path of the PEM private key of [`ETCD3_TLS_CERT`].
+pub const ETCD3_TLS_KEY: &str = "ETCD3_TLS_KEY";
+/// Path of a PEM file of CA certificates that sign etcd's server certificate.
+pub const ETCD3_CA: &str = "ETCD3_CA";
+/// Any value: TLS without verifying etcd's certificate (tests only).
+pub const ETCD3_SKIP_VERIFY: &str = "ETCD3_SKIP_VERIFY";
+/// Any value: TLS, verified against the system's root certificates.
+pub const ETCD3_ENABLE_TLS: &str = "ETCD3_ENABLE_TLS";
+/// Dial timeout in Go duration syntax: `300ms`, `15s`, `1m`, `1h30m`.
+pub const ETCD3_DIAL_TIMEOUT: &str = "ETCD3_DIAL_TIMEOUT";
+/// Any value: log every RPC (method, request, response) on stderr.
+pub const ETCD3_DEBUG: &str = "ETCD3_DEBUG";
+
+/// Where to find etcd and how to talk to it.
+///
+/// Blank fields (empty, `None`, `false`) are filled by [`new_config`].
+#[derive(Clone, Default, PartialEq)]
+pub struct Config {
+    /// `host:port` or `http(s)://host:port`, one per etcd member.
+    pub endpoints: Vec<String>,
+    /// User name for etcd's authentication, if auth is enabled.
+    pub username: Option<String>,
+    /// Password of `username`. Never printed by `Debug`.
+    pub password: Option<String>,
+    /// TLS settings; `None` means plaintext.
+    pub tls: Option<TlsConfig>,
+    /// How long connecting may take before it fails.
+    pub dial_timeout: Option<Duration>,
+    /// Log every RPC on stderr (see the crate docs, "Auditing the wire").
+    pub debug: bool,
+}
+
+/// TLS settings. rustls never negotiates below TLS 1.2.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM CA certificates to verify etcd with; `None` uses the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for etcd's `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. For tests only.
+    pub skip_verify: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("debug", &self.debug)
+            .finish()
+    }
+}
+
+/// The endpoint used when neither the caller nor [`ETCD3_ENDPOINT`] names one.
+///
+/// ```
+/// let cfg = etcdutil::new_config_with_env(None, |_| None)?;
+/// assert_eq!(cfg.endpoints, [etcdutil::DEFAULT_ENDPOINT]);
+/// # Ok::<(), etcdutil::ConfigError>(())
+/// ```
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+
+/// The dial timeout used when neither the caller nor [`ETCD3_DIAL_TIMEOUT`] sets one.
+///
+/// ```
+/// let cfg = etcdutil::new_config_with_env(None, |_| None)?;
+/// assert_eq!(cfg.dial_timeout, Some(etcdutil::DEFAULT_DIAL_TIMEOUT));
+/// # Ok::<(), etcdutil::ConfigError>(())
+/// ```
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ENDPOINTS_FIELD: &str = "Config.endpoints";
+const USERNAME_FIELD: &str = "Config.username";
+const PASSWORD_FIELD: &str = "Config.password";
+const DIAL_TIMEOUT_FIELD: &str = "Config.dial_timeout";
+const TLS_FIELD: &str = "Config.tls";
+
+/// A setting that is missing, malformed or contradicts another one.
+///
+/// Each message names the setting (the environment variable, or the field
+/// when the caller set it), its value and what was expected. An underlying
+/// error (I/O, PEM, rustls) is the `source()`, not part of the message.
+///
+/// ```
+/// use etcdutil::ConfigError;
+///
+/// let env = |name: &str| (name == "ETCD3_DIAL_TIMEOUT").then(|| "abc".to_owned());
+/// let err = etcdutil::new_config_with_env(None, env).unwrap_err();
+/// assert!(matches!(err, ConfigError::InvalidDuration { .. }));
+/// assert_eq!(err.to_string(), "ETCD3_DIAL_TIMEOUT='abc' is not a duration (1m|15s|24h)");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A dial timeout is not in Go's duration syntax.
+    #[error("{name}='{value}' is not a duration (1m|15s|24h)")]
+    InvalidDuration {
+        /// Where the value came from, e.g. `ETCD3_DIAL_TIMEOUT`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The dial timeout is zero, so no connection could ever be made.
+    #[error("{name}='{value}' is zero, expected a dial timeout above zero")]
+    ZeroDialTimeout {
+        /// `ETCD3_DIAL_TIMEOUT` or `Config.dial_timeout`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The endpoint list holds only blanks and commas.
+    #[error("{name}='{value}' lists no endpoint, expected host:port[,host:port...]")]
+    NoEndpoint {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The list given (comma separated).
+        value: String,
+    },
+    /// An endpoint has a scheme other than `http://` and `https://`.
+    #[error("endpoint '{endpoint}' in {name} has an unknown scheme, expected http:// or https://")]
+    EndpointScheme {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has no host, or one that is not a valid URI host.
+    #[error("endpoint '{endpoint}' in {name} has no valid host, expected host:port")]
+    EndpointHost {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has no port.
+    #[error("endpoint '{endpoint}' in {name} has no port, expected host:port")]
+    EndpointNoPort {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint's port is not a number from 1 to 65535.
+    #[error(
+        "endpoint '{endpoint}' in {name} has an invalid port, expected a number from 1 to 65535"
+    )]
+    EndpointPort {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has a path after `host:port`.
+    #[error("endpoint '{endpoint}' in {name} has a path, expected nothing after host:port")]
+    EndpointPath {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// Some endpoints are `http://` and others `https://`.
+    #[error("{name}='{value}' mixes http:// and https:// endpoints, expected one scheme for all")]
+    MixedSchemes {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The list given (comma separated).
+        value: String,
+    },
+    /// An `http://` endpoint, while a TLS setting asks for TLS.
+    #[error(
+        "endpoint '{endpoint}' in {name} is http:// but {tls} turns TLS on, expected https:// or host:port"
+    )]
+    HttpWithTls {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The `http://` endpoint.
+        endpoint: String,
+        /// The setting that turns TLS on, e.g. `ETCD3_CA` or `Config.tls`.
+        tls: &'static str,
+    },
+    /// A user name without a password.
+    #[error("{name}='{user}' has no password, expected Config.password or ETCD3_PASSWORD too")]
+    UserWithoutPassword {
+        /// `ETCD3_USER` or `Config.username`.
+        name: &'static str,
+        /// The user name.
+        user: String,
+    },
+    /// A password without a user name.
+    #[error("{name} is set without a user name, expected Config.username or ETCD3_USER too")]
+    PasswordWithoutUser {
+        /// `ETCD3_PASSWORD` or `Config.password`.
+        name: &'static str,
+    },
+    /// A client certificate without its private key.
+    #[error(
+        "{name}='{}' is a client certificate without a key, expected TlsConfig.key_file or ETCD3_TLS_KEY too",
+        .path.display()
+    )]
+    CertWithoutKey {
+        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
+        name: &'static str,
+        /// The certificate's path.
+        path: PathBuf,
+    },
+    /// A client private key without its certificate.
+    #[error(
+        "{name}='{}' is a client key without a certificate, expected TlsConfig.cert_file or ETCD3_TLS_CERT too",
+        .path.display()
+    )]
+    KeyWithoutCert {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The key's path.
+        path: PathBuf,
+    },
+    /// A CA, certificate or key file cannot be read.
+    #[error("cannot read {name}='{}'", .path.display())]
+    ReadFile {
+        /// The variable or field naming the file, e.g. `ETCD3_CA`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A CA, certificate or key file is malformed PEM.
+    #[error("{name}='{}' is not valid PEM", .path.display())]
+    InvalidPem {
+        /// The variable or field naming the file, e.g. `ETCD3_CA`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// The PEM parser's error.
+        #[source]
+        source: Arc<rustls::pki_types::pem::Error>,
+    },
+    /// A CA or certificate file holds no PEM certificate.
+    #[error(
+        "{name}='{}' holds no PEM certificate, expected -----BEGIN CERTIFICATE-----",
+        .path.display()
+    )]
+    NoCertificate {
+        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// A key file holds no PEM private key.
+    #[error(
+        "{name}='{}' holds no PEM private key, expected -----BEGIN PRIVATE KEY-----",
+        .path.display()
+    )]
+    NoPrivateKey {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// A certificate of the CA or client certificate file is one rustls rejects
+    /// (e.g. malformed DER).
+    #[error("{name}='{}' holds a certificate that rustls cannot use", .path.display())]
+    InvalidCertificate {
+        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
+    /// The private key is of a kind rustls (with `ring`) cannot sign with;
+    /// RSA, ECDSA P-256/P-384 and Ed25519 work.
+    #[error("{name}='{}' holds a private key that rustls cannot use", .path.display())]
+    UnsupportedKey {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
+    /// The client key is not the private key of the client certificate.
+    #[error(
+        "{key_name}='{}' is not the private key of the certificate in {cert_name}",
+        .key_path.display()
+    )]
+    KeyMismatch {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        key_name: &'static str,
+        /// The key's path.
+        key_path: PathBuf,
+        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
+        cert_name: &'static str,
+    },
+    /// TLS should be verified against the system's roots, but none were found.
+    #[error(
+        "found no system root certificates, expected some for TLS without ETCD3_CA or TlsConfig.ca_file"
+    )]
+    NoSystemRoots {
+        /// The first error met while loading them, if any.
+        #[source]
+        source: Option<SharedError>,
+    },
+    /// The crypto provider offers none of the TLS versions asked for (1.2 and 1.3).
+    #[error("the ring crypto provider supports neither TLS 1.2 nor TLS 1.3")]
+    TlsVersions {
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
+}
+
+/// Fills the blanks of `cfg` from the `ETCD3_*` environment variables, then
+/// with defaults, and checks the result (including the TLS files).
+///
+/// The same as [`new_config_with_env`] with the process environment; see
+/// there for the rules.
+///
+/// ```
+/// // ETCD3_ENDPOINT=10.0.0.1:2379,10.0.0.2:2379 or the default 127.0.0.1:2379
+/// let cfg = etcdutil::new_config(None)?;
+/// assert!(!cfg.endpoints.is_empty());
+/// # Ok::<(), etcdutil::ConfigError>(())
+/// ```
+pub fn new_config(cfg: Option<Config>) -> Result<Config, ConfigError> {
+    new_config_with_env(cfg, |name| {
+        std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+    })
+}
+
+/// Fills the blanks of `cfg` from `env` (the `ETCD3_*` variables), then with
+/// defaults, and checks the result.
+///
+/// What the caller set wins; a variable set to the empty string counts as
+/// unset. Then:
+///
+/// * `endpoints`: [`ETCD3_ENDPOINT`] (comma separated), else
+///   [`DEFAULT_ENDPOINT`]. Each is `host:port`, `http://host:port` or
+///   `https://host:port`. An `https://` endpoint turns TLS on; an `http://`
+///   one contradicts TLS settings.
+/// * `username`, `password`: [`ETCD3_USER`], [`ETCD3_PASSWORD`]; one
+///   without the other is an error.
+/// * `tls`: its blank fields from [`ETCD3_CA`], [`ETCD3_TLS_CERT`],
+///   [`ETCD3_TLS_KEY`], [`ETCD3_SKIP_VERIFY`]; any of those or
+///   [`ETCD3_ENABLE_TLS`] turns TLS on. The files are read and checked now.
+/// * `dial_timeout`: [`ETCD3_DIAL_TIMEOUT`] in Go syntax (`300ms`, `1h30m`),
+///   else [`DEFAULT_DIAL_TIMEOUT`]; zero is an error.
+/// * `debug`: true if set, or if [`ETCD3_DEBUG`] is.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use etcdutil::Config;
+///
+/// let env = HashMap::from([
+///     ("ETCD3_ENDPOINT", "10.0.0.1:2379, 10.0.0.2:2379"),
+///     ("ETCD3_DIAL_TIMEOUT", "1m30s"),
+/// ]);
+/// let cfg = etcdutil::new_config_with_env(
+///     Some(Config { dial_timeout: Some(Duration::from_secs(2)), ..Default::default() }),
+///     |name| env.get(name).map(|value| value.to_string()),
+/// )?;
+/// assert_eq!(cfg.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+/// assert_eq!(cfg.dial_timeout, Some(Duration::from_secs(2))); // the caller's wins
+/// assert_eq!(cfg.tls, None);
+/// # Ok::<(), etcdutil::ConfigError>(())
+/// ```
+pub fn new_config_with_env(
+    cfg: Option<Config>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let env = |name: &'static str| env(name).filter(|value| !value.is_empty());
+    let cfg = cfg.unwrap_or_default();
+
+    // Endpoints: the caller's, else the environment's, else the default.
+    let (endpoints_name, listed, endpoints) = if !cfg.endpoints.is_empty() {
+        (
+            ENDPOINTS_FIELD,
+            cfg.endpoints.join(","),
+            non_blank(cfg.endpoints.iter().map(String::as_str)),
+        )
+    } else if let Some(value) = env(ETCD3_ENDPOINT) {
+        let endpoints = non_blank(value.split(','));
+        (ETCD3_ENDPOINT, value, endpoints)
+    } else {
+        (
+            ETCD3_ENDPOINT,
+            DEFAULT_ENDPOINT.to_owned(),
+            vec![DEFAULT_ENDPOINT.to_owned()],
+        )
+    };
+    if endpoints.is_empty() {
+        return Err(ConfigError::NoEndpoint {
+            name: endpoints_name,
+            value: listed,
+        });
+    }
+    let parsed = endpoints
+        .iter()
+        .map(|endpoint| parse_endpoint(endpoints_name, endpoint))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Dial timeout.
+    let (dial_timeout, timeout_name, timeout_value) = match cfg.dial_timeout {
+        Some(timeout) => (timeout, DIAL_TIMEOUT_FIELD, format!("{timeout:?}")),
+        None => match env(ETCD3_DIAL_TIMEOUT) {
+            Some(value) => match parse_go_duration(value.trim()) {
+                Some(timeout) => (timeout, ETCD3_DIAL_TIMEOUT, value),
+                None => {
+                    return Err(ConfigError::InvalidDuration {
+                        name: ETCD3_DIAL_TIMEOUT,
+                        value,
+                    });
+                }
+            },
+            None => (DEFAULT_DIAL_TIMEOUT, DIAL_TIMEOUT_FIELD, String::new()),
+        },
+    };
+    if dial_timeout.is_zero() {
+        return Err(ConfigError::ZeroDialTimeout {
+            name: timeout_name,
+            value: timeout_value,
+        });
+    }
+
+    // Credentials: both or neither.
+    let username = fill(cfg.username, USERNAME_FIELD, || {
+        env(ETCD3_USER).map(|v| (v, ETCD3_USER))
+    });
+    let password = fill(cfg.password, PASSWORD_FIELD, || {
+        env(ETCD3_PASSWORD).map(|v| (v, ETCD3_PASSWORD))
+    });
+    match (&username, &password) {
+        (Some((user, name)), None) => {
+            return Err(ConfigError::UserWithoutPassword {
+                name,
+                user: user.clone(),
+            });
+        }
+        (None, Some((_, name))) => return Err(ConfigError::PasswordWithoutUser { name }),
+        _ => {}
+    }
+
+    // TLS: the caller's blank fields from the environment.
+    let mut tls_origin = cfg.tls.is_some().then_some(TLS_FIELD);
+    let mut tls = cfg.tls.unwrap_or_default();
+    let mut names = FileNames::FIELDS;
+    for (file, name, var) in [
+        (&mut tls.ca_file, &mut names.ca, ETCD3_CA),
+        (&mut tls.cert_file, &mut names.cert, ETCD3_TLS_CERT),
+        (&mut tls.key_file, &mut names.key, ETCD3_TLS_KEY),
+    ] {
+        if file
+            .as_deref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            *file = None;
+        }
+        if file.is_none()
+            && let Some(path) = env(var)
+        {
+            *file = Some(PathBuf::from(path));
+            *name = var;
+            tls_origin.get_or_insert(var);
+        }
+    }
+    if !tls.skip_verify && env(ETCD3_SKIP_VERIFY).is_some() {
+        tls.skip_verify = true;
+        tls_origin.get_or_insert(ETCD3_SKIP_VERIFY);
+    }
+    if env(ETCD3_ENABLE_TLS).is_some() {
+        tls_origin.get_or_insert(ETCD3_ENABLE_TLS);
+    }
+
+    // Schemes: one for all endpoints, and in agreement with the TLS settings.
+    let has = |scheme| {
+        parsed
+            .iter()
+            .any(|endpoint| endpoint.scheme == Some(scheme))
+    };
+    if has(Scheme::Http) && has(Scheme::Https) {
+        return Err(ConfigError::MixedSchemes {
+            name: endpoints_name,
+            value: listed,
+        });
+    }
+    let tls = match tls_origin {
+        Some(origin) => {
+            if let Some(endpoint) = parsed.iter().find(|e| e.scheme == Some(Scheme::Http)) {
+                return Err(ConfigError::HttpWithTls {
+                    name: endpoints_name,
+                    endpoint: endpoint.raw.to_owned(),
+                    tls: origin,
+                });
+            }
+            Some(tls)
+        }
+        None if has(Scheme::Https) => Some(TlsConfig::default()),
+        None => None,
+    };
+    if let Some(tls) = &tls {
+        tls::check(tls, &names)?;
+    }
+
+    Ok(Config {
+        endpoints,
+        username: username.map(|(user, _)| user),
+        password: password.map(|(password, _)| password),
+        tls,
+        dial_timeout: Some(dial_timeout),
+        debug: cfg.debug || env(ETCD3_DEBUG).is_some(),
+    })
+}
+
+/// The endpoints of a config filled by [`new_config`] as full URIs:
+/// `http://host:port`, or `https://host:port` when TLS is on.
+pub(crate) fn endpoint_uris(cfg: &Config) -> Result<Vec<Uri>, ConfigError> {
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let endpoints = non_blank(cfg.endpoints.iter().map(String::as_str));
+    if endpoints.is_empty() {
+        return Err(ConfigError::NoEndpoint {
+            name: ENDPOINTS_FIELD,
+            value: cfg.endpoints.join(","),
+        });
+    }
+    endpoints
+        .iter()
+        .map(|endpoint| {
+            let parsed = parse_endpoint(ENDPOINTS_FIELD, endpoint)?;
+            Uri::try_from(format!("{scheme}://{}", parsed.authority)).map_err(|_| {
+                ConfigError::EndpointHost {
+                    name: ENDPOINTS_FIELD,
+                    endpoint: endpoint.clone(),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The caller's value unless blank, else the environment's, with where it came from.
+fn fill(
+    value: Option<String>,
+    field: &'static str,
+    env: impl FnOnce() -> Option<(String, &'static str)>,
+) -> Option<(String, &'static str)> {
+    match value {
+        Some(value) if !value.is_empty() => Some((value, field)),
+        _ => env(),
+    }
+}
+
+/// The items trimmed, blank ones dropped.
+fn non_blank<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
+    items
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// One checked endpoint.
+#[derive(Debug)]
+struct Endpoint<'a> {
+    /// As given (trimmed).
+    raw: &'a str,
+    /// `None` for a bare `host:port`.
+    scheme: Option<Scheme>,
+    /// `host:port`, a valid URI authority.
+    authority: String,
+}
+
+/// Checks `raw` (`host:port` or `http(s)://host:port`, a trailing `/` allowed).
+fn parse_endpoint<'a>(name: &'static str, raw: &'a str) -> Result<Endpoint<'a>, ConfigError> {
+    let endpoint = || raw.to_owned();
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Some(Scheme::Http), rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Some(Scheme::Https), rest),
+        Some(_) => {
+            return Err(ConfigError::EndpointScheme {
+                name,
+                endpoint: endpoint(),
+            });
+        }
+        None => (None, raw),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if !path.is_empty() && path != "/" {
+        return Err(ConfigError::EndpointPath {
+            name,
+            endpoint: endpoint(),
+        });
+    }
+    let bad_host = || ConfigError::EndpointHost {
+        name,
+        endpoint: endpoint(),
+    };
+    let (host, port) = if authority.starts_with('[') {
+        // An IPv6 address: [::1]:2379.
+        let end = authority.find(']').ok_or_else(bad_host)?;
+        let (host, tail) = authority.split_at(end + 1);
+        match tail {
+            "" => (host, None),
+            _ => (host, Some(tail.strip_prefix(':').ok_or_else(bad_host)?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty()
+        || host.contains(['@', ' '])
+        || (!host.starts_with('[') && host.contains(':'))
+    {
+        return Err(bad_host());
+    }
+    let port = match port {
+        None | Some("") => {
+            return Err(ConfigError::EndpointNoPort {
+                name,
+                endpoint: endpoint(),
+            });
+        }
+        Some(port) => match port.parse::<u16>() {
+            Ok(number) if number > 0 && port.bytes().all(|b| b.is_ascii_digit()) => number,
+            _ => {
+                return Err(ConfigError::EndpointPort {
+                    name,
+                    endpoint: endpoint(),
+                });
+            }
+        },
+    };
+    let authority = format!("{host}:{port}");
+    http::uri::Authority::try_from(authority.as_str()).map_err(|_| bad_host())?;
+    Ok(Endpoint {
+        raw,
+        scheme,
+        authority,
+    })
+}
+
+/// Parses a Go duration (`time.ParseDuration`): `300ms`, `1.5s`, `1h30m10s`,
+/// units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`. `None` if malformed, negative
+/// or longer than Go's limit (about 292 years).
+pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
+    const MAX_NANOS: u64 = i64::MAX as u64;
+    let (negative, mut rest) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let (whole, tail) = rest.split_at(digits(rest));
+        rest = tail;
+        let mut fraction = "";
+        if let Some(tail) = rest.strip_prefix('.') {
+            (fraction, rest) = tail.split_at(digits(tail));
+        }
+        if whole.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let (unit, tail) = rest.split_at(
+            rest.find(|c: char| c == '.' || c.is_ascii_digit())
+                .unwrap_or(rest.len()),
+        );
+        rest = tail;
+        let unit: u64 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3_600 * 1_000_000_000,
+            _ => return None,
+        };
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let mut nanos = whole.checked_mul(unit)?;
+        if !fraction.is_empty() {
+            // Digits past the 18th cannot change the result by a nanosecond.
+            let kept = &fraction[..fraction.len().min(18)];
+            let scale = 10u128.pow(kept.len() as u32);
+            let part = kept.parse::<u128>().ok()? * u128::from(unit) / scale;
+            nanos = nanos.checked_add(u64::try_from(part).ok()?)?;
+        }
+        total = total
+            .checked_add(nanos)
+            .filter(|&total| total <= MAX_NANOS)?;
+    }
+    match negative && total != 0 {
+        true => None,
+        false => Some(Duration::from_nanos(total)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let ok = |text: &str, nanos: u64| {
+            assert_eq!(
+                parse_go_duration(text),
+                Some(Duration::from_nanos(nanos)),
+                "{text}"
+            )
+        };
+        ok("0", 0);
+        ok("-0", 0);
+        ok("0s", 0);
+        ok("300ms", 300_000_000);
+        ok("15s", 15_000_000_000);
+        ok("+15s", 15_000_000_000);
+        ok("1m", 60_000_000_000);
+        ok("1h30m", 5_400_000_000_000);
+        ok("1h30m10s", 5_410_000_000_000);
+        ok("24h", 86_400_000_000_000);
+        ok("1.5s", 1_500_000_000);
+        ok(".5s", 500_000_000);
+        ok("1.s", 1_000_000_000);
+        ok("1.0000000001s", 1_000_000_000);
+        ok("10ns", 10);
+        ok("10us", 10_000);
+        ok("10µs", 10_000);
+        ok("10μs", 10_000);
+        ok("1h1.5m", 3_690_000_000_000);
+        ok("2562047h47m16.854775807s", i64::MAX as u64);
+        for bad in [
+            "",
+            "abc",
+            "1",
+            "s",
+            ".s",
+            ".",
+            "1x",
+            "1sm",
+            "-1s",
+            "1s ",
+            " 1s",
+            "1.5.5s",
+            "1e3s",
+            "2562047h47m16.854775808s",
+            "99999999999999999999s",
+        ] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let authority = |raw| parse_endpoint("x", raw).map(|e| (e.scheme, e.authority));
+        assert_eq!(authority("a:1").unwrap(), (None, "a:1".into()));
+        assert_eq!(
+            authority("HTTPS://a:2379/").unwrap(),
+            (Some(Scheme::Https), "a:2379".into())
+        );
+        assert_eq!(
+            authority("http://[::1]:2379").unwrap(),
+            (Some(Scheme::Http), "[::1]:2379".into())
+        );
+        for bad in [
+            "::1:2379", "[::1]", "[::1]x", "u@a:1", ":1", "a:+1", "a:0", "a:1/x", "a b:1",
+        ] {
+            assert!(authority(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uris() {
+        let mut cfg = Config {
+            endpoints: vec!["a:1".into(), " [::1]:2 ".into(), "".into()],
+            ..Default::default()
+        };
+        let uris = |cfg: &Config| {
+            endpoint_uris(cfg)
+                .unwrap()
+                .iter()
+                .map(Uri::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(uris(&cfg), ["http://a:1/", "http://[::1]:2/"]);
+        cfg.tls = Some(TlsConfig::default());
+        assert_eq!(uris(&cfg), ["https://a:1/", "https://[::1]:2/"]);
+    }
+}

@@ -1,0 +1,912 @@
+//! Leader election through etcd's server-side Election service.
+//!
+//! A candidate is a key `/elections/<election>/<lease id in hex>` attached to
+//! its [`Session`]'s lease, put there by etcd's `Campaign` RPC; the leader is
+//! the live key with the lowest create revision, and that revision is the
+//! leader's fencing token ([`LeaderKey::rev`]). These are the keys and the
+//! rules of etcd's own `concurrency` recipe, so `etcdctl elect` and any other
+//! etcd client can join or watch the same election.
+//!
+//! # Who decides that we lead
+//!
+//! Only etcd's `Observe` stream, which reports every change of leader (and of
+//! the leader's data) in revision order. We lead while the observed leader is
+//! our key, with our session's current lease, and that lease is alive by the
+//! session's deadline rule. `Campaign` only enters the race; its return is not
+//! trusted on its own, because a reply can overtake an older `Observe` message
+//! and make leadership flap. Stepping down never waits for etcd: the lease's
+//! loss, `concede` and `close` clear [`Election::is_leader`] before anything is
+//! sent, so a new leader cannot be elected while we still believe we lead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::MetadataValue;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::keepalive::REQUIRE_LEADER;
+use crate::proto::etcdserverpb::{
+    Compare, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+};
+use crate::proto::mvccpb::KeyValue;
+use crate::proto::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
+};
+use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl};
+
+/// Where elections live in etcd's key space.
+pub const ELECTION_PREFIX: &str = "/elections";
+
+/// The TTL used when [`ElectionConfig::ttl`] is 0, in seconds.
+pub const DEFAULT_ELECTION_TTL: i64 = 5;
+
+/// Retry a failed Campaign or Observe after this long.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// One change in an election, as seen by one candidate.
+#[derive(Clone, Debug, Default)]
+pub struct ElectionEvent {
+    /// True if our candidate is the leader.
+    pub is_leader: bool,
+    /// True on the very last event, after [`Election::close`].
+    pub is_done: bool,
+    /// The leader's key (`/elections/<name>/<lease hex>`), if known.
+    pub leader_key: String,
+    /// The leader's data: its candidate name, or what it proclaimed.
+    pub leader_data: String,
+    /// The error this event reports, if any.
+    pub err: Option<Error>,
+}
+
+/// The Go package's old name for [`ElectionEvent`].
+#[deprecated(note = "use ElectionEvent")]
+pub type Event = ElectionEvent;
+
+/// Called with every [`ElectionEvent`], in order, never concurrently.
+pub type EventObserver = Arc<dyn Fn(ElectionEvent) + Send + Sync>;
+
+/// How to run an [`Election`].
+///
+/// ```
+/// let config = etcdutil::ElectionConfig {
+///     election: "billing-jobs".into(),
+///     candidate: "worker-1".into(),
+///     ..Default::default()
+/// };
+/// ```
+#[derive(Clone)]
+pub struct ElectionConfig {
+    /// Told of every event; optional, [`Election::subscribe`] sees them too.
+    pub event_observer: Option<EventObserver>,
+    /// The election's name; on the wire `/elections/<election>`. Default `null`.
+    pub election: String,
+    /// Our candidate's name, the leader data while we lead. Default: the host name.
+    pub candidate: String,
+    /// Lease TTL in seconds: how long a vanished leader keeps the office. Default 5.
+    pub ttl: i64,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            event_observer: None,
+            election: "null".into(),
+            candidate: host_name(),
+            ttl: DEFAULT_ELECTION_TTL,
+        }
+    }
+}
+
+impl std::fmt::Debug for ElectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionConfig")
+            .field("election", &self.election)
+            .field("candidate", &self.candidate)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The election's key prefix on the wire: `/elections/<name>`, path-joined
+/// (so `"/jobs"`, `"jobs"` and `"jobs/"` are one election).
+pub fn election_key(election: &str) -> Result<String> {
+    let invalid = |expected| Error::InvalidArgument {
+        name: "ElectionConfig.election",
+        value: format!("{election:?}"),
+        expected,
+    };
+    if election.contains('\0') {
+        return Err(invalid("an election name without NUL bytes"));
+    }
+    let parts: Vec<&str> = election
+        .trim()
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() {
+        return Err(invalid("a non-empty election name"));
+    }
+    Ok(format!("{ELECTION_PREFIX}/{}", parts.join("/")))
+}
+
+/// A leader as etcd reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// Its key, `/elections/<name>/<lease hex>`.
+    pub key: String,
+    /// Its data: candidate name or proclaimed value.
+    pub data: String,
+    /// The key's create revision: the fencing token of its term.
+    pub rev: i64,
+    /// The lease the key is attached to.
+    pub lease: i64,
+}
+
+impl From<KeyValue> for Leader {
+    fn from(kv: KeyValue) -> Self {
+        Leader {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            data: String::from_utf8_lossy(&kv.value).into_owned(),
+            rev: kv.create_revision,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// The current leader of `election`, or `None` if nobody leads.
+///
+/// ```no_run
+/// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// if let Some(leader) = etcdutil::leader(&client, "billing-jobs").await? {
+///     println!("{} leads since revision {}", leader.data, leader.rev);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn leader(client: &Client, election: &str) -> Result<Option<Leader>> {
+    leader_of(client, election_key(election)?).await
+}
+
+/// The leader of the election whose key prefix is `name`.
+async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
+    let name = name.into_bytes();
+    match client.election().leader(LeaderRequest { name }).await {
+        Ok(response) => Ok(response.into_inner().kv.map(Leader::from)),
+        Err(status) => match Error::from(status) {
+            Error::ElectionNoLeader(_) => Ok(None),
+            error => Err(error),
+        },
+    }
+}
+
+/// A stream of leader changes of `election`, without campaigning: the current
+/// leader first, then every new leader and every Proclaim. A failed stream is
+/// reported as an `Err` item and reopened; it ends when dropped.
+///
+/// ```no_run
+/// use tokio_stream::StreamExt;
+/// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// let mut leaders = etcdutil::observe(&client, "billing-jobs")?;
+/// while let Some(leader) = leaders.next().await {
+///     println!("{:?}", leader?);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStream<Result<Leader>>> {
+    let name = election_key(election)?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(run_observe(client.clone(), name, sender));
+    Ok(UnboundedReceiverStream::new(receiver))
+}
+
+/// Keeps an Observe stream open (reopening it after failures) until `sender` closes.
+async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender<Result<Leader>>) {
+    loop {
+        let mut request = tonic::Request::new(LeaderRequest {
+            name: name.clone().into_bytes(),
+        });
+        request.metadata_mut().insert(
+            REQUIRE_LEADER.0,
+            MetadataValue::from_static(REQUIRE_LEADER.1),
+        );
+        let mut election = client.election();
+        let failure = tokio::select! {
+            _ = sender.closed() => return,
+            failure = async {
+                let mut stream = election.observe(request).await?.into_inner();
+                loop {
+                    match stream.message().await? {
+                        Some(response) => {
+                            if let Some(kv) = response.kv {
+                                let _ = sender.send(Ok(Leader::from(kv)));
+                            }
+                        }
+                        None => return Err(Error::StreamEnded { stream: "Observe" }),
+                    }
+                }
+            } => failure,
+        };
+        let failure: Result<()> = failure;
+        if let Err(error) = failure
+            && sender.send(Err(error)).is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = sender.closed() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// What the handle and the session's observer share with the election task.
+struct Shared {
+    /// Read without a lock by `is_leader`.
+    is_leader: AtomicBool,
+    /// Our term while we lead; written together with `is_leader`.
+    state: Mutex<State>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
+    observer: Option<EventObserver>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The session's current lease, or NO_LEASE.
+    lease: i64,
+    /// Our term, while we lead.
+    term: Option<LeaderKey>,
+}
+
+impl Shared {
+    /// Steps down at once, before anything is sent to etcd.
+    fn step_down(&self, state: &mut State) {
+        self.is_leader.store(false, Ordering::SeqCst);
+        state.term = None;
+    }
+
+    fn emit(&self, event: ElectionEvent) {
+        if let Some(observer) = &self.observer {
+            observer(event.clone());
+        }
+        self.subscribers
+            .lock()
+            .expect("subscribers lock")
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+    }
+}
+
+enum Command {
+    Concede(oneshot::Sender<Result<bool>>),
+    Close,
+}
+
+/// One candidate in one election.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use etcdutil::{ElectionConfig, new_election};
+/// # async fn run() -> etcdutil::Result<()> {
+/// let client = etcdutil::new_client(None).await?;
+/// let election = new_election(&client, ElectionConfig {
+///     election: "billing-jobs".into(),
+///     candidate: "worker-1".into(),
+///     event_observer: Some(Arc::new(|event| println!("{event:?}"))),
+///     ttl: 5,
+/// })
+/// .await?;
+/// if election.is_leader() {
+///     // do the leader's work
+/// }
+/// election.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Election {
+    client: Client,
+    name: String,
+    ttl: Duration,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    done: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election")
+            .field("name", &self.name)
+            .field("is_leader", &self.is_leader())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Joins the election and waits for its first outcome: we lead, someone else
+/// leads, or an error (then the candidacy is withdrawn and the error returned).
+///
+/// Bound the wait with `tokio::time::timeout`; dropping the future withdraws
+/// the candidacy (no key is left behind).
+///
+/// ```no_run
+/// # async fn run(client: etcdutil::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = etcdutil::ElectionConfig { election: "jobs".into(), ..Default::default() };
+/// let election = tokio::time::timeout(
+///     std::time::Duration::from_secs(10),
+///     etcdutil::new_election(&client, config),
+/// )
+/// .await??;
+/// # Ok(()) }
+/// ```
+pub async fn new_election(client: &Client, config: ElectionConfig) -> Result<Election> {
+    let election = Election::start(client, config)?;
+    let mut events = election.subscribe();
+    while let Some(event) = events.recv().await {
+        if let Some(error) = event.err {
+            election.close().await;
+            return Err(error);
+        }
+        if event.is_leader || !event.leader_key.is_empty() {
+            return Ok(election);
+        }
+    }
+    Err(Error::StreamEnded {
+        stream: "election events",
+    })
+}
+
+/// Joins the election and returns at once; the outcome arrives as events.
+///
+/// Fails only on a bad configuration (election name, TTL). Must be called
+/// within a tokio runtime.
+///
+/// ```no_run
+/// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// let election = etcdutil::new_election_async(&client, etcdutil::ElectionConfig {
+///     election: "jobs".into(),
+///     event_observer: Some(std::sync::Arc::new(|e| if e.is_leader { println!("leading") })),
+///     ..Default::default()
+/// })?;
+/// # Ok(()) }
+/// ```
+pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Election> {
+    Election::start(client, config)
+}
+
+impl Election {
+    fn start(client: &Client, config: ElectionConfig) -> Result<Election> {
+        let name = election_key(&config.election)?;
+        let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
+        let shared = Arc::new(Shared {
+            is_leader: AtomicBool::new(false),
+            state: Mutex::new(State {
+                lease: NO_LEASE,
+                term: None,
+            }),
+            subscribers: Mutex::default(),
+            observer: config.event_observer,
+        });
+        let (lease_tx, leases) = mpsc::unbounded_channel();
+        let session_shared = shared.clone();
+        let session = Session::new(
+            client,
+            SessionConfig {
+                ttl,
+                observer: Arc::new(move |lease, error| {
+                    let mut state = session_shared.state.lock().expect("state lock");
+                    if lease == NO_LEASE {
+                        // Step down here, in the session's own call, before
+                        // etcd can expire the lease.
+                        session_shared.step_down(&mut state);
+                    }
+                    state.lease = lease;
+                    let _ = lease_tx.send((lease, error));
+                }),
+            },
+        )?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (observed_tx, observed) = mpsc::unbounded_channel();
+        tokio::spawn(run_observe(client.clone(), name.clone(), observed_tx));
+        let (done_tx, done) = watch::channel(false);
+        let task = Task {
+            client: client.clone(),
+            name: name.clone(),
+            candidate: config.candidate,
+            ttl: Duration::from_secs(ttl as u64),
+            shared: shared.clone(),
+            session,
+            lease: NO_LEASE,
+            campaign: None,
+            stale_below: 0,
+            last: None,
+        };
+        tokio::spawn(async move {
+            task.run(leases, observed, command_rx).await;
+            let _ = done_tx.send(true);
+        });
+        Ok(Election {
+            client: client.clone(),
+            name,
+            ttl: Duration::from_secs(ttl as u64),
+            shared,
+            commands,
+            done,
+        })
+    }
+
+    /// The election's key prefix, `/elections/<name>`.
+    ///
+    /// ```no_run
+    /// # fn f(e: &etcdutil::Election) { assert!(e.name().starts_with("/elections/")); }
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether we lead now. Lock-free; false as soon as the session takes the
+    /// lease for lost, before etcd can expire it.
+    ///
+    /// ```no_run
+    /// # fn f(e: &etcdutil::Election) { if e.is_leader() { /* lead */ } }
+    /// ```
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader.load(Ordering::SeqCst)
+    }
+
+    /// Our term while we lead: etcd's LeaderKey `{name, key, rev, lease}`,
+    /// where `rev` is the fencing token.
+    ///
+    /// ```no_run
+    /// # fn f(e: &etcdutil::Election) {
+    /// if let Some(term) = e.leader_key() { println!("fencing token {}", term.rev); }
+    /// # }
+    /// ```
+    pub fn leader_key(&self) -> Option<LeaderKey> {
+        let state = self.shared.state.lock().expect("state lock");
+        state.term.clone().filter(|_| self.is_leader())
+    }
+
+    /// A receiver of every event from now on, in order.
+    ///
+    /// ```no_run
+    /// # async fn f(e: &etcdutil::Election) {
+    /// let mut events = e.subscribe();
+    /// while let Some(event) = events.recv().await {
+    ///     if event.is_done { break }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.shared
+            .subscribers
+            .lock()
+            .expect("subscribers lock")
+            .push(sender);
+        receiver
+    }
+
+    /// If we lead: resign and campaign again behind the other candidates, so a
+    /// waiting one takes over at once; `Ok(true)`. If not: `Ok(false)`, nothing changes.
+    ///
+    /// ```no_run
+    /// # async fn f(e: &etcdutil::Election) -> etcdutil::Result<()> {
+    /// if e.concede().await? { println!("handed over"); }
+    /// # Ok(()) }
+    /// ```
+    pub async fn concede(&self) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Concede(reply)).is_err() {
+            return Ok(false);
+        }
+        answer.await.unwrap_or(Ok(false))
+    }
+
+    /// Sets the leader's data, seen by every candidate and observer. Only while
+    /// we lead; otherwise [`Error::NotLeader`].
+    ///
+    /// ```no_run
+    /// # async fn f(e: &etcdutil::Election) -> etcdutil::Result<()> {
+    /// e.proclaim("serving on 10.0.0.7:8080").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn proclaim(&self, data: impl Into<String>) -> Result<()> {
+        let leader = self.leader_key().ok_or(Error::NotLeader)?;
+        let request = ProclaimRequest {
+            leader: Some(leader),
+            value: data.into().into_bytes(),
+        };
+        self.client.election().proclaim(request).await?;
+        Ok(())
+    }
+
+    /// The current leader, asked of etcd, or `None` if nobody leads.
+    ///
+    /// ```no_run
+    /// # async fn f(e: &etcdutil::Election) -> etcdutil::Result<()> {
+    /// let leader = e.leader().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn leader(&self) -> Result<Option<Leader>> {
+        leader_of(&self.client, self.name.clone()).await
+    }
+
+    /// Runs `txn` only while we still lead: it is nested in a transaction that
+    /// compares our key's create revision with our term's `rev` (the fencing
+    /// token), so a leader that lost office can never write. Returns the
+    /// inner transaction's response, or [`Error::NotLeader`].
+    ///
+    /// ```no_run
+    /// use etcdutil::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
+    /// # async fn f(e: &etcdutil::Election) -> etcdutil::Result<()> {
+    /// let put = PutRequest { key: b"/jobs/owner".to_vec(), value: b"me".to_vec(), ..Default::default() };
+    /// e.txn_if_leader(TxnRequest {
+    ///     success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
+    ///     ..Default::default()
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn txn_if_leader(&self, txn: TxnRequest) -> Result<TxnResponse> {
+        let term = self.leader_key().ok_or(Error::NotLeader)?;
+        let fenced = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: term.key,
+                target_union: Some(compare::TargetUnion::CreateRevision(term.rev)),
+                range_end: vec![],
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(txn)),
+            }],
+            failure: vec![],
+        };
+        let response = self.client.kv().txn(fenced).await?.into_inner();
+        if !response.succeeded {
+            return Err(Error::NotLeader);
+        }
+        match response
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|r| r.response)
+        {
+            Some(response_op::Response::ResponseTxn(inner)) => Ok(inner),
+            _ => Err(Error::Rpc(tonic::Status::internal(
+                "etcd answered a nested Txn without its response",
+            ))),
+        }
+    }
+
+    /// Resigns if leading, withdraws the candidacy, revokes the lease and
+    /// emits `{is_leader: false}` then `{is_done: true}`, the last event.
+    /// Returns within TTL + 1 s even if etcd is unreachable. Idempotent.
+    ///
+    /// ```no_run
+    /// # async fn f(e: etcdutil::Election) { e.close().await; }
+    /// ```
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+        let mut done = self.done.clone();
+        let wait = done.wait_for(|done| *done);
+        let _ = tokio::time::timeout(self.ttl + Duration::from_millis(900), wait).await;
+    }
+}
+
+impl Drop for Election {
+    /// Closes in the background: resigns, withdraws and revokes.
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+type Campaign = Pin<Box<dyn Future<Output = Result<LeaderKey>> + Send>>;
+
+struct Task {
+    client: Client,
+    name: String,
+    candidate: String,
+    ttl: Duration,
+    shared: Arc<Shared>,
+    session: Session,
+    /// The lease our candidacy stands on, or NO_LEASE.
+    lease: i64,
+    campaign: Option<Campaign>,
+    /// Our keys created below this revision are dead (we resigned them), so an
+    /// Observe message still showing one is stale.
+    stale_below: i64,
+    /// The last (is_leader, key, data) emitted, to report only changes.
+    last: Option<(bool, String, String)>,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut leases: mpsc::UnboundedReceiver<(i64, Option<Error>)>,
+        mut observed: mpsc::UnboundedReceiver<Result<Leader>>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Concede(reply)) => {
+                        let _ = reply.send(self.concede().await);
+                    }
+                    Some(Command::Close) | None => break,
+                },
+                Some((lease, error)) = leases.recv() => self.on_lease(lease, error),
+                Some(leader) = observed.recv() => match leader {
+                    Ok(leader) => self.on_leader(leader),
+                    Err(error) => self.emit_error(error),
+                },
+                outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
+                    self.campaign = None;
+                    if let Err(error) = outcome {
+                        self.emit_error(error);
+                        self.campaign = Some(self.campaign_after(RETRY));
+                    }
+                }
+            }
+            self.keep_campaigning();
+        }
+        self.close().await;
+    }
+
+    /// Our candidate's key for `lease`, as etcd's Campaign writes it.
+    fn our_key(&self, lease: i64) -> String {
+        format!("{}/{:x}", self.name, lease)
+    }
+
+    fn on_lease(&mut self, lease: i64, error: Option<Error>) {
+        self.lease = lease;
+        // A campaign on the old lease is void; dropping it cancels the RPC.
+        self.campaign = None;
+        if lease == NO_LEASE {
+            let error = error.unwrap_or(Error::StreamEnded {
+                stream: "LeaseKeepAlive",
+            });
+            self.emit(ElectionEvent {
+                err: Some(error),
+                ..ElectionEvent::default()
+            });
+        }
+    }
+
+    fn on_leader(&mut self, leader: Leader) {
+        let ours = leader.key == self.our_key(self.lease)
+            && leader.lease == self.lease
+            && self.lease != NO_LEASE
+            && leader.rev >= self.stale_below;
+        let is_leader = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            // The session may have lost the lease since this message was sent.
+            if ours && state.lease == leader.lease {
+                state.term = Some(LeaderKey {
+                    name: self.name.clone().into_bytes(),
+                    key: leader.key.clone().into_bytes(),
+                    rev: leader.rev,
+                    lease: leader.lease,
+                });
+                self.shared.is_leader.store(true, Ordering::SeqCst);
+                true
+            } else {
+                self.shared.step_down(&mut state);
+                false
+            }
+        };
+        self.emit(ElectionEvent {
+            is_leader,
+            leader_key: leader.key,
+            leader_data: leader.data,
+            ..ElectionEvent::default()
+        });
+    }
+
+    /// Campaigns whenever we hold a lease, do not lead and are not already campaigning.
+    fn keep_campaigning(&mut self) {
+        if self.lease != NO_LEASE
+            && self.campaign.is_none()
+            && !self.shared.is_leader.load(Ordering::SeqCst)
+        {
+            self.campaign = Some(self.campaign_after(Duration::ZERO));
+        }
+    }
+
+    fn campaign_after(&self, delay: Duration) -> Campaign {
+        let mut election = self.client.election();
+        let request = CampaignRequest {
+            name: self.name.clone().into_bytes(),
+            lease: self.lease,
+            value: self.candidate.clone().into_bytes(),
+        };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let mut request = tonic::Request::new(request);
+            request.metadata_mut().insert(
+                REQUIRE_LEADER.0,
+                MetadataValue::from_static(REQUIRE_LEADER.1),
+            );
+            let response = election.campaign(request).await?.into_inner();
+            response
+                .leader
+                .ok_or(Error::StreamEnded { stream: "Campaign" })
+        })
+    }
+
+    /// Steps down now; returns the term we held, if any.
+    fn step_down(&mut self) -> Option<LeaderKey> {
+        let mut state = self.shared.state.lock().expect("state lock");
+        let term = state
+            .term
+            .clone()
+            .filter(|_| self.shared.is_leader.load(Ordering::SeqCst));
+        self.shared.step_down(&mut state);
+        if let Some(term) = &term {
+            self.stale_below = self.stale_below.max(term.rev + 1);
+        }
+        term
+    }
+
+    async fn concede(&mut self) -> Result<bool> {
+        let Some(term) = self.step_down() else {
+            return Ok(false);
+        };
+        self.emit(ElectionEvent::default());
+        resign(&self.client, term, self.ttl / 2).await?;
+        Ok(true)
+    }
+
+    async fn close(mut self) {
+        let term = self.step_down();
+        self.campaign = None;
+        // The closing pair goes out whatever was reported before.
+        self.last = None;
+        self.emit(ElectionEvent::default());
+        if let Some(term) = term {
+            // Best effort: the revoke below deletes the key anyway.
+            let _ = resign(&self.client, term, self.ttl / 2).await;
+        }
+        self.session.close().await;
+        self.emit(ElectionEvent {
+            is_done: true,
+            ..ElectionEvent::default()
+        });
+    }
+
+    fn emit_error(&mut self, error: Error) {
+        let mut event = ElectionEvent {
+            err: Some(error),
+            ..ElectionEvent::default()
+        };
+        event.is_leader = self.shared.is_leader.load(Ordering::SeqCst);
+        if let Some((_, key, data)) = &self.last {
+            event.leader_key = key.clone();
+            event.leader_data = data.clone();
+        }
+        self.emit(event);
+    }
+
+    /// Emits `event` unless it repeats the last one; errors always go out.
+    fn emit(&mut self, event: ElectionEvent) {
+        let now = (
+            event.is_leader,
+            event.leader_key.clone(),
+            event.leader_data.clone(),
+        );
+        if event.err.is_none() && !event.is_done && self.last.as_ref() == Some(&now) {
+            return;
+        }
+        self.last = Some(now);
+        self.shared.emit(event);
+    }
+}
+
+/// Ends a term: deletes the leader key if its create revision is still the term's.
+async fn resign(client: &Client, term: LeaderKey, limit: Duration) -> Result<()> {
+    let mut election = client.election();
+    let resign = election.resign(ResignRequest { leader: Some(term) });
+    match tokio::time::timeout(limit, resign).await {
+        Ok(result) => result.map(drop).map_err(Error::from),
+        Err(_) => Err(Error::Timeout {
+            what: "Resign",
+            after: limit,
+        }),
+    }
+}
+
+/// What [`Election`] and [`AlwaysLeaderMock`] have in common, for code that
+/// takes either as `Arc<dyn LeaderElector>`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use etcdutil::{AlwaysLeaderMock, LeaderElector};
+/// let elector: Arc<dyn LeaderElector> = Arc::new(AlwaysLeaderMock);
+/// assert!(elector.is_leader());
+/// ```
+pub trait LeaderElector: Send + Sync {
+    /// Whether we lead now.
+    fn is_leader(&self) -> bool;
+    /// Hands leadership over if we lead; true if we did.
+    fn concede(&self) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>>;
+    /// Leaves the election.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl LeaderElector for Election {
+    fn is_leader(&self) -> bool {
+        Election::is_leader(self)
+    }
+    fn concede(&self) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> {
+        Box::pin(Election::concede(self))
+    }
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Election::close(self))
+    }
+}
+
+/// A [`LeaderElector`] that always leads, for tests of code that needs one.
+///
+/// ```
+/// use etcdutil::{AlwaysLeaderMock, LeaderElector};
+/// # tokio_test_block(async {
+/// let mock = AlwaysLeaderMock;
+/// assert!(mock.is_leader());
+/// assert!(mock.concede().await.unwrap());
+/// mock.close().await;
+/// assert!(mock.is_leader());
+/// # });
+/// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlwaysLeaderMock;
+
+impl LeaderElector for AlwaysLeaderMock {
+    fn is_leader(&self) -> bool {
+        true
+    }
+    fn concede(&self) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> {
+        Box::pin(async { Ok(true) })
+    }
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_names_are_path_joined() {
+        assert_eq!(election_key("jobs").unwrap(), "/elections/jobs");
+        assert_eq!(election_key("/jobs").unwrap(), "/elections/jobs");
+        assert_eq!(election_key("jobs/").unwrap(), "/elections/jobs");
+        assert_eq!(election_key("a//b").unwrap(), "/elections/a/b");
+    }
+
+    #[test]
+    fn bad_election_names() {
+        assert_eq!(
+            election_key("a\0b").unwrap_err().to_string(),
+            "ElectionConfig.election=\"a\\0b\" is not an election name without NUL bytes"
+        );
+        assert_eq!(
+            election_key(" / ").unwrap_err().to_string(),
+            "ElectionConfig.election=\" / \" is not a non-empty election name"
+        );
+    }
+}

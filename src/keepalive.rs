@@ -1,0 +1,265 @@
+//! One `LeaseKeepAlive` stream per [`Client`](crate::Client), shared by every
+//! lease of every [`Session`](crate::Session) made from it, as Go's lessor
+//! does: 1,000 sessions cost one stream on one connection, not 1,000.
+//!
+//! The keeper only renews and reports; each session decides for itself when its
+//! lease is lost (see `session.rs` for the deadline rule).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+
+use crate::client::Transport;
+use crate::error::Error;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
+};
+
+/// etcd's require-leader metadata: a member cut off from its cluster's leader
+/// fails the stream instead of answering for a lease it cannot renew.
+pub(crate) const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
+
+/// What the keeper tells a lease's owner.
+#[derive(Debug)]
+pub(crate) enum LeaseEvent {
+    /// etcd renewed the lease for `ttl` seconds in answer to the request sent at `sent_at`.
+    Renewed { sent_at: Instant, ttl: i64 },
+    /// The lease is gone (etcd answered TTL <= 0) or the stream failed.
+    Lost(Error),
+}
+
+enum Command {
+    Add {
+        id: i64,
+        ttl: i64,
+        granted_at: Instant,
+        events: mpsc::UnboundedSender<LeaseEvent>,
+    },
+    Remove {
+        id: i64,
+    },
+}
+
+/// Handle to the client's keepalive task. The task ends when the last handle
+/// (the last clone of the `Client`) is dropped.
+#[derive(Clone)]
+pub(crate) struct KeepAlive {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl KeepAlive {
+    pub(crate) fn start(transport: Transport) -> KeepAlive {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(Keeper::new(transport).run(receiver));
+        KeepAlive { commands }
+    }
+
+    /// Renews lease `id` (granted for `ttl` s by a request sent at
+    /// `granted_at`) every `ttl / 3` until [`remove`](Self::remove)d or lost.
+    pub(crate) fn add(
+        &self,
+        id: i64,
+        ttl: i64,
+        granted_at: Instant,
+    ) -> mpsc::UnboundedReceiver<LeaseEvent> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        // If the task is gone the receiver closes, which the owner treats as lost.
+        let _ = self.commands.send(Command::Add {
+            id,
+            ttl,
+            granted_at,
+            events,
+        });
+        receiver
+    }
+
+    pub(crate) fn remove(&self, id: i64) {
+        let _ = self.commands.send(Command::Remove { id });
+    }
+}
+
+/// Renew at a third of the TTL, as etcd's own clients do: two renewals can be
+/// missed before the lease is in danger.
+fn renew_interval(ttl: i64) -> Duration {
+    Duration::from_millis((ttl.max(1) as u64) * 1000 / 3)
+}
+
+struct Lease {
+    ttl: i64,
+    events: mpsc::UnboundedSender<LeaseEvent>,
+    /// When each unanswered request for this lease was sent; etcd answers a
+    /// lease's requests in order, so the front is the one an answer is for.
+    in_flight: VecDeque<Instant>,
+    next_renewal: Instant,
+}
+
+type Answer = (u64, Result<LeaseKeepAliveResponse, Error>);
+
+struct Keeper {
+    transport: Transport,
+    leases: HashMap<i64, Lease>,
+    schedule: BTreeSet<(Instant, i64)>,
+    /// The open stream's requests. Its answers and its end come back on
+    /// `answers`, tagged with its `generation`, so that answers from a stream
+    /// already given up are ignored.
+    stream: Option<mpsc::Sender<LeaseKeepAliveRequest>>,
+    generation: u64,
+    answers_tx: mpsc::UnboundedSender<Answer>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+}
+
+impl Keeper {
+    fn new(transport: Transport) -> Keeper {
+        let (answers_tx, answers) = mpsc::unbounded_channel();
+        Keeper {
+            transport,
+            leases: HashMap::new(),
+            schedule: BTreeSet::new(),
+            stream: None,
+            generation: 0,
+            answers_tx,
+            answers,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let next = self.schedule.first().map(|(at, _)| *at);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Add { id, ttl, granted_at, events }) => {
+                        let next_renewal = granted_at + renew_interval(ttl);
+                        self.schedule.insert((next_renewal, id));
+                        let lease = Lease { ttl, events, in_flight: VecDeque::new(), next_renewal };
+                        if let Some(old) = self.leases.insert(id, lease) {
+                            self.schedule.remove(&(old.next_renewal, id));
+                        }
+                    }
+                    Some(Command::Remove { id }) => self.forget(id),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    self.renew_due();
+                }
+                Some((generation, answer)) = self.answers.recv() => {
+                    if generation == self.generation {
+                        self.on_answer(answer);
+                    }
+                }
+            }
+            if self.leases.is_empty() {
+                // Nothing to keep alive: close the stream rather than hold it idle.
+                self.stream = None;
+            }
+        }
+    }
+
+    fn forget(&mut self, id: i64) {
+        if let Some(lease) = self.leases.remove(&id) {
+            self.schedule.remove(&(lease.next_renewal, id));
+        }
+    }
+
+    fn renew_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.schedule.first() {
+            if at > now {
+                break;
+            }
+            self.schedule.pop_first();
+            let requests = self.open_stream();
+            let Some(lease) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            // A full buffer means etcd is not reading: skip this renewal, the
+            // owner's deadline handles a stream that has stopped moving.
+            if requests.try_send(LeaseKeepAliveRequest { id }).is_ok() {
+                lease.in_flight.push_back(Instant::now());
+            }
+            lease.next_renewal = now + renew_interval(lease.ttl);
+            self.schedule.insert((lease.next_renewal, id));
+        }
+    }
+
+    /// The current stream's request sender, opening a stream if there is none.
+    fn open_stream(&mut self) -> mpsc::Sender<LeaseKeepAliveRequest> {
+        if let Some(requests) = &self.stream {
+            return requests.clone();
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        // Room for one renewal of 10,000 leases without blocking the keeper.
+        let (requests, outgoing) = mpsc::channel(16 * 1024);
+        let answers = self.answers_tx.clone();
+        let mut client = LeaseClient::new(self.transport.clone());
+        tokio::spawn(async move {
+            let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+            request.metadata_mut().insert(
+                REQUIRE_LEADER.0,
+                MetadataValue::from_static(REQUIRE_LEADER.1),
+            );
+            // etcd sends the response headers with its first answer, so this
+            // resolves only once the first request has been answered.
+            let mut stream = match client.lease_keep_alive(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = answers.send((generation, Err(Error::from(status))));
+                    return;
+                }
+            };
+            loop {
+                let answer = match stream.message().await {
+                    Ok(Some(response)) => Ok(response),
+                    Ok(None) => Err(Error::StreamEnded {
+                        stream: "LeaseKeepAlive",
+                    }),
+                    Err(status) => Err(Error::from(status)),
+                };
+                let end = answer.is_err();
+                if answers.send((generation, answer)).is_err() || end {
+                    return;
+                }
+            }
+        });
+        self.stream = Some(requests.clone());
+        requests
+    }
+
+    fn on_answer(&mut self, answer: Result<LeaseKeepAliveResponse, Error>) {
+        match answer {
+            Ok(response) => {
+                let id = response.id;
+                let Some(lease) = self.leases.get_mut(&id) else {
+                    return;
+                };
+                let Some(sent_at) = lease.in_flight.pop_front() else {
+                    return;
+                };
+                if response.ttl <= 0 {
+                    let _ = lease
+                        .events
+                        .send(LeaseEvent::Lost(Error::LeaseExpired { lease: id }));
+                    self.forget(id);
+                } else {
+                    let _ = lease.events.send(LeaseEvent::Renewed {
+                        sent_at,
+                        ttl: response.ttl,
+                    });
+                }
+            }
+            Err(error) => {
+                // The stream is gone: every lease it carried is reported lost,
+                // and the next renewal opens a new stream.
+                self.stream = None;
+                for (_, lease) in self.leases.drain() {
+                    let _ = lease.events.send(LeaseEvent::Lost(error.clone()));
+                }
+                self.schedule.clear();
+            }
+        }
+    }
+}

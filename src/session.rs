@@ -1,0 +1,417 @@
+//! A lease kept alive: the life of a candidate.
+//!
+//! # When is a lease lost?
+//!
+//! etcd expires a lease `TTL` seconds after the leader last renewed it, and it
+//! renews it only after our keepalive request reached it. So a lease renewed in
+//! answer to a request we sent at `sent_at` lives on etcd at least until
+//! `sent_at + TTL`. The session takes its lease for lost at
+//!
+//! ```text
+//! deadline = sent_at(last answered keepalive) + TTL - margin,   margin = clamp(TTL / 6, 100 ms, 2 s)
+//! ```
+//!
+//! and reports `NO_LEASE` then, whether or not it has heard anything, so the
+//! holder steps down *before* etcd can expire the lease and let another
+//! candidate win. The margin absorbs what sits between the deadline and the
+//! holder acting on it: a late timer, the observer's own work, and clock-rate
+//! differences between this machine and etcd's leader (ppm, far below it).
+//! Keepalives go every `TTL / 3`, so two may be lost before the deadline comes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::keepalive::LeaseEvent;
+use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+
+/// The lease id reported when the session holds no lease.
+pub const NO_LEASE: i64 = -1;
+
+/// The TTL used when [`SessionConfig::ttl`] is 0, in seconds.
+pub const DEFAULT_SESSION_TTL: i64 = 30;
+
+/// The largest TTL etcd grants (its `MaxLeaseTTL`), in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// Retry after a failed grant: from 500 ms, doubling, up to the TTL.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Called with the lease id on every gain, and with [`NO_LEASE`] (and the
+/// error that caused it, if any) on every loss. Calls never overlap and come
+/// in order.
+pub type SessionObserver = Arc<dyn Fn(i64, Option<Error>) + Send + Sync>;
+
+/// How to run a [`Session`].
+///
+/// ```
+/// use std::sync::Arc;
+/// let config = etcdutil::SessionConfig {
+///     ttl: 10,
+///     observer: Arc::new(|lease, err| println!("lease {lease:x} {err:?}")),
+/// };
+/// ```
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// Lease TTL in seconds; 0 means [`DEFAULT_SESSION_TTL`].
+    pub ttl: i64,
+    /// Told of every lease gained and lost.
+    pub observer: SessionObserver,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl: 0,
+            observer: Arc::new(|_, _| {}),
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The safety margin of the deadline rule in the module docs.
+pub(crate) fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 6).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Checks a TTL in seconds (0 meaning `default`) and returns the one to use.
+pub(crate) fn checked_ttl(field: &'static str, ttl: i64, default: i64) -> Result<i64> {
+    match ttl {
+        0 => Ok(default),
+        1..=MAX_LEASE_TTL => Ok(ttl),
+        _ => Err(Error::InvalidArgument {
+            name: field,
+            value: ttl.to_string(),
+            expected: "a TTL in seconds from 1 to 9000000000 (etcd's maximum), or 0 for the default",
+        }),
+    }
+}
+
+enum Command {
+    Reset,
+    Close,
+}
+
+/// A lease kept alive in the background, regained after every loss.
+///
+/// Made with [`Session::new`]; ends with [`close`](Session::close), or in the
+/// background when dropped.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use etcdutil::{Session, SessionConfig, NO_LEASE};
+/// # async fn run() -> etcdutil::Result<()> {
+/// let client = etcdutil::new_client(None).await?;
+/// let session = Session::new(&client, SessionConfig {
+///     ttl: 5,
+///     observer: Arc::new(|lease, err| match lease {
+///         NO_LEASE => eprintln!("lost the lease: {err:?}"),
+///         id => eprintln!("holding lease {id:x}"),
+///     }),
+/// })?;
+/// // ... attach keys to session.lease_id() ...
+/// session.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    commands: mpsc::UnboundedSender<Command>,
+    lease: watch::Receiver<i64>,
+    done: watch::Receiver<bool>,
+    ttl: i64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("lease", &format_args!("{:x}", self.lease_id()))
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Starts a session; returns at once, without waiting for etcd. A
+    /// background task grants the lease and tells the observer.
+    ///
+    /// Fails only on a bad TTL. Must be called within a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+    /// let session = etcdutil::Session::new(&client, etcdutil::SessionConfig { ttl: 10, ..Default::default() })?;
+    /// let mut lease = session.watch_lease();
+    /// lease.wait_for(|id| *id != etcdutil::NO_LEASE).await.ok();
+    /// # Ok(()) }
+    /// ```
+    pub fn new(client: &Client, config: SessionConfig) -> Result<Session> {
+        let ttl = checked_ttl("SessionConfig.ttl", config.ttl, DEFAULT_SESSION_TTL)?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (lease_tx, lease) = watch::channel(NO_LEASE);
+        let (done_tx, done) = watch::channel(false);
+        let worker = Worker {
+            client: client.clone(),
+            ttl,
+            observer: config.observer,
+            lease: lease_tx,
+            commands: command_rx,
+        };
+        tokio::spawn(async move {
+            worker.run().await;
+            let _ = done_tx.send(true);
+        });
+        Ok(Session {
+            commands,
+            lease,
+            done,
+            ttl,
+        })
+    }
+
+    /// The lease held now, or [`NO_LEASE`].
+    ///
+    /// ```no_run
+    /// # fn f(session: &etcdutil::Session) {
+    /// if session.lease_id() != etcdutil::NO_LEASE { /* attach keys to it */ }
+    /// # }
+    /// ```
+    pub fn lease_id(&self) -> i64 {
+        *self.lease.borrow()
+    }
+
+    /// A receiver of the lease held, updated before the observer is called.
+    ///
+    /// ```no_run
+    /// # async fn f(session: &etcdutil::Session) {
+    /// let mut lease = session.watch_lease();
+    /// while lease.changed().await.is_ok() {
+    ///     println!("lease now {:x}", *lease.borrow());
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_lease(&self) -> watch::Receiver<i64> {
+        self.lease.clone()
+    }
+
+    /// The lease TTL in seconds this session asks for.
+    ///
+    /// ```no_run
+    /// # fn f(session: &etcdutil::Session) { assert!(session.ttl() > 0); }
+    /// ```
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    /// Revokes the current lease (best effort) and starts over with a new one.
+    ///
+    /// ```no_run
+    /// # fn f(session: &etcdutil::Session) { session.reset(); }
+    /// ```
+    pub fn reset(&self) {
+        let _ = self.commands.send(Command::Reset);
+    }
+
+    /// Stops the keepalive, revokes the lease (waiting at most the TTL), and
+    /// calls the observer with `NO_LEASE` one last time. Returns once the
+    /// background task has finished. Calling it again just waits for that.
+    ///
+    /// ```no_run
+    /// # async fn f(session: etcdutil::Session) { session.close().await; }
+    /// ```
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|done| *done).await;
+    }
+}
+
+impl Drop for Session {
+    /// Closes in the background: the task revokes the lease and ends.
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// How a held lease ended.
+enum End {
+    Lost(Error),
+    Reset,
+    Close,
+}
+
+struct Worker {
+    client: Client,
+    ttl: i64,
+    observer: SessionObserver,
+    lease: watch::Sender<i64>,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Worker {
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl as u64)
+    }
+
+    fn report(&self, lease: i64, error: Option<Error>) {
+        self.lease.send_replace(lease);
+        (self.observer)(lease, error);
+    }
+
+    async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let granted = tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Reset) => continue,
+                    Some(Command::Close) | None => break,
+                },
+                granted = grant(&self.client, self.ttl) => granted,
+            };
+            let (id, ttl, sent_at) = match granted {
+                Ok(granted) => granted,
+                Err(error) => {
+                    self.report(NO_LEASE, Some(error));
+                    if !self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.ttl());
+                    continue;
+                }
+            };
+            backoff = FIRST_BACKOFF;
+            let events = self.client.keepalive().add(id, ttl, sent_at);
+            self.report(id, None);
+            let end = self.hold(id, deadline(sent_at, ttl), events).await;
+            self.client.keepalive().remove(id);
+            match end {
+                End::Lost(error) => {
+                    self.report(NO_LEASE, Some(error));
+                    // The lease may still live on etcd (say, the network hangs):
+                    // revoke it, so its keys go as soon as etcd hears us.
+                    tokio::spawn(revoke(self.client.clone(), id, self.ttl()));
+                }
+                End::Reset => {
+                    self.report(NO_LEASE, None);
+                    tokio::spawn(revoke(self.client.clone(), id, self.ttl()));
+                }
+                End::Close => {
+                    revoke(self.client.clone(), id, self.ttl()).await;
+                    break;
+                }
+            }
+        }
+        self.report(NO_LEASE, None);
+    }
+
+    /// Sleeps `backoff`; false if the session was closed meanwhile.
+    async fn pause(&mut self, backoff: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => true,
+            command = self.commands.recv() => matches!(command, Some(Command::Reset)),
+        }
+    }
+
+    /// Holds lease `id` until it is lost, reset or closed.
+    async fn hold(
+        &mut self,
+        id: i64,
+        mut deadline: Instant,
+        mut events: mpsc::UnboundedReceiver<LeaseEvent>,
+    ) -> End {
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => return match command {
+                    Some(Command::Reset) => End::Reset,
+                    Some(Command::Close) | None => End::Close,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return End::Lost(Error::LeaseDeadline { lease: id, ttl: self.ttl });
+                }
+                event = events.recv() => match event {
+                    Some(LeaseEvent::Renewed { sent_at, ttl }) => {
+                        deadline = deadline.max(self::deadline(sent_at, ttl));
+                    }
+                    Some(LeaseEvent::Lost(error)) => return End::Lost(error),
+                    None => return End::Lost(Error::StreamEnded { stream: "LeaseKeepAlive" }),
+                },
+            }
+        }
+    }
+}
+
+/// Grants a lease of `ttl` seconds; returns its id, TTL and when the request was sent.
+async fn grant(client: &Client, ttl: i64) -> Result<(i64, i64, Instant)> {
+    let sent_at = Instant::now();
+    let limit = Duration::from_secs(ttl as u64);
+    let request = LeaseGrantRequest { ttl, id: 0 };
+    let response = tokio::time::timeout(limit, client.lease().lease_grant(request))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "LeaseGrant",
+            after: limit,
+        })??
+        .into_inner();
+    if !response.error.is_empty() {
+        return Err(Error::Rpc(tonic::Status::unknown(response.error)));
+    }
+    Ok((response.id, response.ttl, sent_at))
+}
+
+/// The moment a lease renewed by a request sent at `sent_at` is taken for lost.
+fn deadline(sent_at: Instant, ttl: i64) -> Instant {
+    let ttl = Duration::from_secs(ttl.max(1) as u64);
+    sent_at + ttl - safety_margin(ttl)
+}
+
+/// Revokes a lease, best effort, giving up after `limit`.
+async fn revoke(client: Client, id: i64, limit: Duration) {
+    let _ = tokio::time::timeout(
+        limit,
+        client.lease().lease_revoke(LeaseRevokeRequest { id }),
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_a_sixth_of_the_ttl_within_bounds() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(6)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_millis(300)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert_eq!(checked_ttl("t", 0, 30).unwrap(), 30);
+        assert_eq!(checked_ttl("t", 5, 30).unwrap(), 5);
+        let err = checked_ttl("SessionConfig.ttl", -1, 30).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SessionConfig.ttl=-1 is not a TTL in seconds from 1 to 9000000000 (etcd's maximum), or 0 for the default"
+        );
+        assert!(checked_ttl("t", MAX_LEASE_TTL + 1, 30).is_err());
+    }
+}

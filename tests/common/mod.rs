@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests. Every test starts its own etcd
+//! (free loopback ports, own data dir) or uses its own election name, so the
+//! suite runs in parallel.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use etcdutil::proto::etcdserverpb::LeaseTimeToLiveRequest;
+use etcdutil::testing::{Etcd, Proxy};
+use etcdutil::{Client, Config, Error, NO_LEASE, SessionObserver};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// A real etcd for one test.
+pub async fn etcd() -> Etcd {
+    Etcd::start().await.expect("start etcd")
+}
+
+/// A client of `etcd`, directly.
+pub async fn client(etcd: &Etcd) -> Client {
+    Client::connect(etcd.config()).await.expect("connect")
+}
+
+/// A fault proxy in front of `etcd` and a client that talks through it.
+pub async fn proxied_client(etcd: &Etcd) -> (Proxy, Client) {
+    let proxy = Proxy::start(etcd.client_addr()).await.expect("start proxy");
+    let config = Config {
+        endpoints: vec![proxy.endpoint()],
+        ..etcd.config()
+    };
+    let client = Client::connect(config)
+        .await
+        .expect("connect through proxy");
+    (proxy, client)
+}
+
+/// Unique per call, so tests never share an election or a key.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Waits for `fut` up to `secs` seconds, failing the test with `what` if it does not finish.
+pub async fn within<T>(secs: f64, what: &str, fut: impl Future<Output = T>) -> T {
+    match timeout(Duration::from_secs_f64(secs), fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {secs} s waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 20 ms until it is true, for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: f64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(secs, what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The TTL etcd reports for a lease: -1 once it is gone.
+pub async fn lease_ttl(client: &Client, id: i64) -> i64 {
+    let request = LeaseTimeToLiveRequest { id, keys: false };
+    client
+        .lease()
+        .lease_time_to_live(request)
+        .await
+        .expect("LeaseTimeToLive")
+        .into_inner()
+        .ttl
+}
+
+/// Records a session's observer calls, and fails if two ever overlap.
+pub struct Recorder {
+    pub events: mpsc::UnboundedReceiver<(i64, Option<Error>)>,
+}
+
+impl Recorder {
+    pub fn new() -> (SessionObserver, Recorder) {
+        let (sender, events) = mpsc::unbounded_channel();
+        let inside = Arc::new(AtomicBool::new(false));
+        let observer: SessionObserver = Arc::new(move |lease, error| {
+            assert!(
+                !inside.swap(true, Ordering::SeqCst),
+                "observer calls overlap"
+            );
+            let _ = sender.send((lease, error));
+            inside.store(false, Ordering::SeqCst);
+        });
+        (observer, Recorder { events })
+    }
+
+    pub async fn next(&mut self, secs: f64) -> (i64, Option<Error>) {
+        within(secs, "a session observer call", self.events.recv())
+            .await
+            .expect("observer channel open")
+    }
+
+    /// Skips to the next lease gained; returns its id.
+    pub async fn lease(&mut self, secs: f64) -> i64 {
+        within(secs, "a lease", async {
+            loop {
+                let (lease, _) = self.events.recv().await.expect("observer channel open");
+                if lease != NO_LEASE {
+                    return lease;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Skips to the next NO_LEASE; returns its error.
+    pub async fn no_lease(&mut self, secs: f64) -> Option<Error> {
+        within(secs, "NO_LEASE", async {
+            loop {
+                let (lease, error) = self.events.recv().await.expect("observer channel open");
+                if lease == NO_LEASE {
+                    return error;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Everything reported so far, without waiting.
+    pub fn drain(&mut self) -> Vec<(i64, Option<Error>)> {
+        let mut all = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            all.push(event);
+        }
+        all
+    }
+}
+
+/// The value of a Prometheus counter on etcd's /metrics (plain HTTP on the
+/// client port), summed over the lines that contain every one of `labels`.
+pub async fn etcd_metric(etcd: &Etcd, name: &str, labels: &[&str]) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(etcd.client_addr())
+        .await
+        .expect("connect /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send /metrics request");
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .await
+        .expect("read /metrics");
+    body.lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,642 @@
+//! Election against a real etcd: ports of the Go package's tests, and more.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcdutil::proto::etcdserverpb::{
+    LeaseLeasesRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
+};
+use etcdutil::{
+    Client, Election, ElectionConfig, ElectionEvent, Error, EventObserver, new_election,
+    new_election_async,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+fn recorder() -> (EventObserver, mpsc::UnboundedReceiver<ElectionEvent>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    (Arc::new(move |event| drop(sender.send(event))), receiver)
+}
+
+fn config(election: &str, candidate: &str, ttl: i64, observer: EventObserver) -> ElectionConfig {
+    ElectionConfig {
+        event_observer: Some(observer),
+        election: election.into(),
+        candidate: candidate.into(),
+        ttl,
+    }
+}
+
+async fn next(events: &mut mpsc::UnboundedReceiver<ElectionEvent>, secs: f64) -> ElectionEvent {
+    within(secs, "an election event", events.recv())
+        .await
+        .expect("events open")
+}
+
+/// Skips events until one matches; returns it.
+async fn until(
+    events: &mut mpsc::UnboundedReceiver<ElectionEvent>,
+    secs: f64,
+    what: &str,
+    matches: impl Fn(&ElectionEvent) -> bool,
+) -> ElectionEvent {
+    within(secs, what, async {
+        loop {
+            let event = events.recv().await.expect("events open");
+            if matches(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+}
+
+async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
+    let mut range_end = prefix.as_bytes().to_vec();
+    *range_end.last_mut().unwrap() += 1;
+    let request = RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end,
+        ..Default::default()
+    };
+    let response = client.kv().range(request).await.unwrap().into_inner();
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+async fn lease_count(client: &Client) -> usize {
+    client
+        .lease()
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+        .len()
+}
+
+async fn assert_closing_events(events: &mut mpsc::UnboundedReceiver<ElectionEvent>) {
+    // Skip what came before the close (errors while cut off, say).
+    let stepped_down = until(events, 3.0, "the closing not-leader event", |e| {
+        !e.is_leader && e.err.is_none() && e.leader_key.is_empty()
+    })
+    .await;
+    assert!(!stepped_down.is_done, "{stepped_down:?}");
+    let done = next(events, 3.0).await;
+    assert!(done.is_done && !done.is_leader, "{done:?}");
+    assert!(events.try_recv().is_err(), "nothing after is_done");
+}
+
+#[tokio::test]
+async fn lone_candidate_leads_and_is_not_leader_after_close() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("lone");
+    let (observer, mut events) = recorder();
+    let election = within(
+        5.0,
+        "new_election",
+        new_election(&client, config(&name, "me", 5, observer)),
+    )
+    .await
+    .unwrap();
+    assert!(election.is_leader());
+    let first = next(&mut events, 1.0).await;
+    assert!(
+        first.is_leader && !first.is_done && first.err.is_none(),
+        "{first:?}"
+    );
+    assert_eq!(first.leader_data, "me");
+    assert!(
+        first.leader_key.starts_with(&format!("/elections/{name}/")),
+        "{}",
+        first.leader_key
+    );
+    let term = election.leader_key().expect("a term while leading");
+    assert_eq!(String::from_utf8_lossy(&term.key), first.leader_key);
+    assert!(term.rev > 0);
+
+    election.close().await;
+    assert!(!election.is_leader());
+    assert!(election.leader_key().is_none());
+    assert_closing_events(&mut events).await;
+    assert!(
+        keys_under(&client, "/elections/").await.is_empty(),
+        "no key left"
+    );
+    assert_eq!(lease_count(&client).await, 0, "no lease left");
+}
+
+#[tokio::test]
+async fn two_campaigns_see_the_exact_event_sequence() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("two");
+    let (observer_a, mut a_events) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let a_first = next(&mut a_events, 1.0).await;
+    assert!(a_first.is_leader);
+
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 5, observer_b))
+        .await
+        .unwrap();
+    assert!(!b.is_leader());
+    let b_first = next(&mut b_events, 1.0).await;
+    assert!(
+        !b_first.is_leader && !b_first.is_done && b_first.err.is_none(),
+        "{b_first:?}"
+    );
+    assert_eq!(b_first.leader_key, a_first.leader_key, "B sees A's key");
+    assert_eq!(b_first.leader_data, "a");
+
+    let closed_at = Instant::now();
+    a.close().await;
+    assert_closing_events(&mut a_events).await;
+    let b_leads = next(&mut b_events, 3.0).await;
+    assert!(b_leads.is_leader, "{b_leads:?}");
+    assert_eq!(b_leads.leader_data, "b");
+    assert!(b.is_leader());
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(3),
+        "the other wins within 3 s"
+    );
+    b.close().await;
+    assert_closing_events(&mut b_events).await;
+}
+
+#[tokio::test]
+async fn candidate_that_never_wins_closes_cleanly_and_fast() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("never");
+    let (observer_a, _a_events) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 5, observer_b))
+        .await
+        .unwrap();
+    assert!(!next(&mut b_events, 1.0).await.is_leader);
+
+    let started = Instant::now();
+    b.close().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(200),
+        "close of a non-leader took {took:?}"
+    );
+    assert_closing_events(&mut b_events).await;
+    assert!(a.is_leader(), "the leader is untouched");
+    assert_eq!(
+        keys_under(&client, &format!("/elections/{name}/"))
+            .await
+            .len(),
+        1
+    );
+    a.close().await;
+}
+
+#[tokio::test]
+async fn leader_cut_off_steps_down_and_the_other_wins() {
+    let etcd = etcd().await;
+    let (proxy, cut_client) = proxied_client(&etcd).await;
+    let client = client(&etcd).await;
+    let name = unique("cut");
+    let (observer_a, mut a_events) = recorder();
+    let a = new_election(&cut_client, config(&name, "a", 1, observer_a))
+        .await
+        .unwrap();
+    assert!(a.is_leader());
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 1, observer_b))
+        .await
+        .unwrap();
+    assert!(!b.is_leader());
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    until(&mut a_events, 5.0, "A reports not leader", |e| !e.is_leader).await;
+    assert!(!a.is_leader());
+    until(&mut b_events, 5.0, "B wins", |e| e.is_leader).await;
+    assert!(b.is_leader());
+    assert!(cut_at.elapsed() < Duration::from_secs(5));
+
+    // A cut-off former leader closes within 3 s.
+    let started = Instant::now();
+    a.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close took {:?}",
+        started.elapsed()
+    );
+    assert_closing_events(&mut a_events).await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn etcd_unreachable_from_the_start_then_close_is_done_within_3s() {
+    let etcd = etcd().await;
+    let (proxy, client) = proxied_client(&etcd).await;
+    proxy.cut().await;
+    let (observer, mut events) = recorder();
+    let election =
+        new_election_async(&client, config(&unique("unreachable"), "a", 5, observer)).unwrap();
+    let error = until(&mut events, 5.0, "an error event", |e| e.err.is_some()).await;
+    assert!(!error.is_leader);
+    let started = Instant::now();
+    election.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close took {:?}",
+        started.elapsed()
+    );
+    until(&mut events, 3.0, "is_done", |e| e.is_done).await;
+}
+
+#[tokio::test]
+async fn etcd_down_at_start_and_up_later_elects_us() {
+    let etcd = etcd().await;
+    let (proxy, client) = proxied_client(&etcd).await;
+    proxy.cut().await;
+    let (observer, mut events) = recorder();
+    let election = new_election_async(&client, config(&unique("late"), "a", 2, observer)).unwrap();
+    until(&mut events, 5.0, "an error while etcd is down", |e| {
+        e.err.is_some()
+    })
+    .await;
+    proxy.restore().await.unwrap();
+    until(
+        &mut events,
+        3.0,
+        "leader within 3 s of etcd coming up",
+        |e| e.is_leader,
+    )
+    .await;
+    assert!(election.is_leader());
+    election.close().await;
+}
+
+#[tokio::test]
+async fn concede_hands_over_to_a_waiting_candidate_quickly() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("concede");
+    let (observer_a, mut a_events) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 5, observer_b))
+        .await
+        .unwrap();
+    next(&mut a_events, 1.0).await;
+    next(&mut b_events, 1.0).await;
+
+    let started = Instant::now();
+    assert!(a.concede().await.unwrap(), "the leader concedes");
+    assert!(!a.is_leader(), "not leader once concede returns");
+    until(&mut b_events, 2.0, "B leads", |e| e.is_leader).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "handover took {took:?}");
+    assert!(b.is_leader());
+    // A campaigns again behind B and sees B lead.
+    let seen = until(&mut a_events, 2.0, "A sees B lead", |e| {
+        e.leader_data == "b"
+    })
+    .await;
+    assert!(!seen.is_leader);
+
+    // Not leader: concede changes nothing.
+    assert!(!a.concede().await.unwrap());
+    assert!(b.is_leader());
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn proclaim_is_seen_by_the_other_candidates() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("proclaim");
+    let (observer_a, _a_events) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 5, observer_b))
+        .await
+        .unwrap();
+    next(&mut b_events, 1.0).await;
+
+    a.proclaim("a at 10.0.0.7").await.unwrap();
+    let seen = until(&mut b_events, 3.0, "the proclaimed data", |e| {
+        e.leader_data == "a at 10.0.0.7"
+    })
+    .await;
+    assert!(!seen.is_leader);
+    assert_eq!(a.leader().await.unwrap().unwrap().data, "a at 10.0.0.7");
+    assert!(
+        matches!(b.proclaim("b").await, Err(Error::NotLeader)),
+        "only the leader proclaims"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn foo_and_foobar_are_separate_elections() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let foo = unique("foo");
+    let foobar = format!("{foo}bar");
+    let (observer_a, _a) = recorder();
+    let a = new_election(&client, config(&foo, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let (observer_b, _b) = recorder();
+    let b = new_election(&client, config(&foobar, "b", 5, observer_b))
+        .await
+        .unwrap();
+    assert!(
+        a.is_leader() && b.is_leader(),
+        "each leads its own election"
+    );
+    assert_eq!(a.leader().await.unwrap().unwrap().data, "a");
+    assert_eq!(b.leader().await.unwrap().unwrap().data, "b");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn stale_leader_cannot_write_through_txn_if_leader() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("fence");
+    let key = format!("/{name}/owner");
+    let put = |value: &str| TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let (observer_a, _a) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer_a))
+        .await
+        .unwrap();
+    let response = a.txn_if_leader(put("a")).await.unwrap();
+    assert!(response.succeeded);
+    let term = a.leader_key().unwrap();
+
+    let (observer_b, mut b_events) = recorder();
+    let b = new_election(&client, config(&name, "b", 5, observer_b))
+        .await
+        .unwrap();
+    a.concede().await.unwrap();
+    until(&mut b_events, 3.0, "B leads", |e| e.is_leader).await;
+    assert!(matches!(
+        a.txn_if_leader(put("stale a")).await,
+        Err(Error::NotLeader)
+    ));
+
+    // Even a term kept from before (a paused process) is fenced by etcd itself.
+    let fenced = etcdutil::proto::etcdserverpb::Compare {
+        result: etcdutil::proto::etcdserverpb::compare::CompareResult::Equal as i32,
+        target: etcdutil::proto::etcdserverpb::compare::CompareTarget::Create as i32,
+        key: term.key.clone(),
+        target_union: Some(
+            etcdutil::proto::etcdserverpb::compare::TargetUnion::CreateRevision(term.rev),
+        ),
+        range_end: vec![],
+    };
+    let stale = TxnRequest {
+        compare: vec![fenced],
+        ..put("stale a")
+    };
+    assert!(!client.kv().txn(stale).await.unwrap().into_inner().succeeded);
+
+    assert!(b.txn_if_leader(put("b")).await.unwrap().succeeded);
+    let value = client
+        .kv()
+        .range(RangeRequest {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(value.into_inner().kvs[0].value, b"b");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn dropping_an_election_leaves_no_key_behind() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("drop");
+    let prefix = format!("/elections/{name}/");
+    let (observer, _events) = recorder();
+    let election = new_election(&client, config(&name, "a", 30, observer))
+        .await
+        .unwrap();
+    assert_eq!(keys_under(&client, &prefix).await.len(), 1);
+    drop(election);
+    eventually(5.0, "the key is gone", || async {
+        keys_under(&client, &prefix).await.is_empty()
+    })
+    .await;
+    eventually(5.0, "the lease is gone", || async {
+        lease_count(&client).await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_new_election_while_it_waits_withdraws_the_candidacy() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("withdraw");
+    let prefix = format!("/elections/{name}/");
+    // Without etcd answering, new_election cannot resolve; time it out.
+    let (proxy, cut_client) = proxied_client(&etcd).await;
+    proxy.blackhole().await.unwrap();
+    let (observer, _events) = recorder();
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(300),
+        new_election(&cut_client, config(&name, "a", 2, observer)),
+    )
+    .await;
+    assert!(
+        attempt.is_err(),
+        "new_election cannot resolve while etcd is unreachable"
+    );
+    proxy.restore().await.unwrap();
+    // Whatever reached etcd is withdrawn: no key, and the lease is revoked or expires.
+    eventually(8.0, "no key and no lease left", || async {
+        keys_under(&client, &prefix).await.is_empty() && lease_count(&client).await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn observe_and_leader_without_campaigning() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("observe");
+    assert!(etcdutil::leader(&client, &name).await.unwrap().is_none());
+    let mut leaders = etcdutil::observe(&client, &name).unwrap();
+    let (observer, _events) = recorder();
+    let a = new_election(&client, config(&name, "a", 5, observer))
+        .await
+        .unwrap();
+    use tokio_stream::StreamExt;
+    let seen = within(3.0, "observed leader", leaders.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.data, "a");
+    assert_eq!(seen.rev, a.leader_key().unwrap().rev);
+    a.proclaim("a2").await.unwrap();
+    let seen = within(3.0, "observed proclaim", leaders.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.data, "a2");
+    a.close().await;
+}
+
+#[tokio::test]
+async fn bad_election_config_is_refused_and_leaves_nothing() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let (observer, _events) = recorder();
+    let err = new_election(&client, config("a\0b", "x", 5, observer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ElectionConfig.election=\"a\\0b\" is not an election name without NUL bytes"
+    );
+    let err = new_election(&client, config(" / ", "x", 5, observer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ElectionConfig.election=\" / \" is not a non-empty election name"
+    );
+    let err = new_election(&client, config("ok", "x", -1, observer))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                name: "ElectionConfig.ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(lease_count(&client).await, 0, "no stray lease");
+    assert!(
+        keys_under(&client, "/elections/").await.is_empty(),
+        "no stray key"
+    );
+}
+
+/// etcdctl's `elect` and ours take turns in one election.
+#[tokio::test]
+async fn interop_with_etcdctl_elect() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("interop");
+    let mut etcdctl = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "elect",
+            &format!("/elections/{name}"),
+            "ctl",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcdctl from Debian's etcd-client");
+    let mut lines = BufReader::new(etcdctl.stdout.take().unwrap()).lines();
+    // etcdctl prints the leader key and value once it leads.
+    let key = within(5.0, "etcdctl leads", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(key.starts_with(&format!("/elections/{name}/")), "{key}");
+
+    let (observer, mut events) = recorder();
+    let ours = new_election(&client, config(&name, "ours", 5, observer))
+        .await
+        .unwrap();
+    let first = next(&mut events, 1.0).await;
+    assert!(!first.is_leader);
+    assert_eq!(
+        (first.leader_key.as_str(), first.leader_data.as_str()),
+        (key.as_str(), "ctl")
+    );
+
+    // etcdctl resigns on SIGINT; we take over.
+    let pid = etcdctl.id().unwrap() as i32;
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    until(&mut events, 5.0, "we lead after etcdctl resigns", |e| {
+        e.is_leader
+    })
+    .await;
+    within(5.0, "etcdctl exits", etcdctl.wait()).await.unwrap();
+
+    // And etcdctl sees ours as leader: `elect -l` prints the leader.
+    let observed = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "elect",
+            "-l",
+            &format!("/elections/{name}"),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(observed.stdout.unwrap()).lines();
+    let leader_key = within(5.0, "etcdctl observes", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let term = ours.leader_key().unwrap();
+    assert_eq!(leader_key.as_bytes(), term.key.as_slice());
+    let data = within(5.0, "etcdctl observes data", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data, "ours");
+    ours.close().await;
+}
+
+#[allow(dead_code)]
+fn assert_object_safe(_: Arc<dyn etcdutil::LeaderElector>, _: &Election) {}
