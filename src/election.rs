@@ -32,7 +32,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::keepalive::REQUIRE_LEADER;
 use crate::proto::etcdserverpb::{
-    Compare, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    Compare, PutRequest, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{
@@ -429,6 +429,9 @@ impl Election {
             campaign: None,
             stale_below: 0,
             last: None,
+            entered: false,
+            announced: false,
+            held_back: None,
         };
         tokio::spawn(async move {
             task.run(leases, observed, command_rx).await;
@@ -611,7 +614,15 @@ impl Drop for Election {
     }
 }
 
-type Campaign = Pin<Box<dyn Future<Output = Result<LeaderKey>> + Send>>;
+/// How far a campaign got.
+enum Step {
+    /// Our key is in etcd: we are in the race.
+    Entered,
+    /// etcd's Campaign returned (leadership itself is decided by Observe).
+    Returned,
+}
+
+type Campaign = Pin<Box<dyn Future<Output = Result<Step>> + Send>>;
 
 struct Task {
     client: Client,
@@ -628,6 +639,13 @@ struct Task {
     stale_below: i64,
     /// The last (is_leader, key, data) emitted, to report only changes.
     last: Option<(bool, String, String)>,
+    /// Whether our key for the current lease is in etcd.
+    entered: bool,
+    /// Whether any leader was reported yet. Until we are in the race, another
+    /// leader is held back here, so the first outcome (what `new_election`
+    /// waits for) means that we are a candidate behind that leader.
+    announced: bool,
+    held_back: Option<Leader>,
 }
 
 impl Task {
@@ -653,9 +671,19 @@ impl Task {
                 },
                 outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
                     self.campaign = None;
-                    if let Err(error) = outcome {
-                        self.emit_error(error);
-                        self.campaign = Some(self.campaign_after(RETRY));
+                    match outcome {
+                        Ok(Step::Entered) => {
+                            self.entered = true;
+                            if let Some(leader) = self.held_back.take() {
+                                self.on_leader(leader);
+                            }
+                            self.campaign = Some(self.campaign_rpc());
+                        }
+                        Ok(Step::Returned) => {}
+                        Err(error) => {
+                            self.emit_error(error);
+                            self.campaign = Some(self.enter_after(RETRY));
+                        }
                     }
                 }
             }
@@ -673,6 +701,7 @@ impl Task {
         self.lease = lease;
         // A campaign on the old lease is void; dropping it cancels the RPC.
         self.campaign = None;
+        self.entered = false;
         if lease == NO_LEASE {
             let error = error.unwrap_or(Error::StreamEnded {
                 stream: "LeaseKeepAlive",
@@ -689,6 +718,11 @@ impl Task {
             && leader.lease == self.lease
             && self.lease != NO_LEASE
             && leader.rev >= self.stale_below;
+        if !self.announced && !ours && !self.entered {
+            self.held_back = Some(leader);
+            return;
+        }
+        self.announced = true;
         let is_leader = {
             let mut state = self.shared.state.lock().expect("state lock");
             // The session may have lost the lease since this message was sent.
@@ -720,11 +754,44 @@ impl Task {
             && self.campaign.is_none()
             && !self.shared.is_leader.load(Ordering::SeqCst)
         {
-            self.campaign = Some(self.campaign_after(Duration::ZERO));
+            self.campaign = Some(self.enter_after(Duration::ZERO));
         }
     }
 
-    fn campaign_after(&self, delay: Duration) -> Campaign {
+    /// Puts our key if it is not there, as the first step of etcd's Campaign
+    /// does, so that we know when we are in the race.
+    fn enter_after(&self, delay: Duration) -> Campaign {
+        let mut kv = self.client.kv();
+        let key = self.our_key(self.lease).into_bytes();
+        let absent = Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: key.clone(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            range_end: vec![],
+        };
+        let put = PutRequest {
+            key,
+            value: self.candidate.clone().into_bytes(),
+            lease: self.lease,
+            ..Default::default()
+        };
+        let txn = TxnRequest {
+            compare: vec![absent],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put)),
+            }],
+            failure: vec![],
+        };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            kv.txn(txn).await?;
+            Ok(Step::Entered)
+        })
+    }
+
+    /// etcd's Campaign on our key: waits until every older candidate is gone.
+    fn campaign_rpc(&self) -> Campaign {
         let mut election = self.client.election();
         let request = CampaignRequest {
             name: self.name.clone().into_bytes(),
@@ -732,16 +799,13 @@ impl Task {
             value: self.candidate.clone().into_bytes(),
         };
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
             let mut request = tonic::Request::new(request);
             request.metadata_mut().insert(
                 REQUIRE_LEADER.0,
                 MetadataValue::from_static(REQUIRE_LEADER.1),
             );
-            let response = election.campaign(request).await?.into_inner();
-            response
-                .leader
-                .ok_or(Error::StreamEnded { stream: "Campaign" })
+            election.campaign(request).await?;
+            Ok(Step::Returned)
         })
     }
 

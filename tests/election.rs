@@ -37,22 +37,29 @@ async fn next(events: &mut mpsc::UnboundedReceiver<ElectionEvent>, secs: f64) ->
         .expect("events open")
 }
 
-/// Skips events until one matches; returns it.
+/// Skips events until one matches; returns it. On timeout, fails with the
+/// events it skipped.
 async fn until(
     events: &mut mpsc::UnboundedReceiver<ElectionEvent>,
     secs: f64,
     what: &str,
     matches: impl Fn(&ElectionEvent) -> bool,
 ) -> ElectionEvent {
-    within(secs, what, async {
+    let mut skipped = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs_f64(secs), async {
         loop {
             let event = events.recv().await.expect("events open");
             if matches(&event) {
                 return event;
             }
+            skipped.push(event);
         }
     })
-    .await
+    .await;
+    match found {
+        Ok(event) => event,
+        Err(_) => panic!("timed out after {secs} s waiting for {what}; skipped {skipped:#?}"),
+    }
 }
 
 async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {

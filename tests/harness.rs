@@ -309,6 +309,28 @@ async fn whole_cluster_restart() {
     for m in cluster.members() {
         assert!(get(m.client_addr(), FOO).await.contains(BAR));
     }
+
+    // Dropping the cluster ends (and reaps) every process.
+    let pids: Vec<u32> = cluster.members().iter().filter_map(Etcd::pid).collect();
+    assert_eq!(pids.len(), 3);
+    drop(cluster);
+    #[cfg(target_os = "linux")]
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} still there"
+        );
+    }
+}
+
+#[test]
+fn handles_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Etcd>();
+    send_sync::<Cluster>();
+    send_sync::<Proxy>();
+    send_sync::<etcdutil::testing::EtcdBuilder>();
+    send_sync::<etcdutil::testing::TlsFiles>();
 }
 
 #[tokio::test]

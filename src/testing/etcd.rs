@@ -937,9 +937,9 @@ impl Etcd {
         }
     }
 
-    /// Freezes the process with SIGSTOP: its sockets stay open (connects
-    /// still succeed, the kernel queues them) but it answers nothing and
-    /// sends no heartbeats, like a hung machine.
+    /// Freezes the process with SIGSTOP, returning once it is stopped: its
+    /// sockets stay open (connects still succeed, the kernel queues them)
+    /// but it answers nothing and sends no heartbeats, like a hung machine.
     ///
     /// ```no_run
     /// # async fn demo() -> std::io::Result<()> {
@@ -952,7 +952,30 @@ impl Etcd {
     pub fn pause(&mut self) -> io::Result<()> {
         self.signal(libc::SIGSTOP)?;
         self.paused = true;
-        Ok(())
+        // kill(2) only queues the signal: return once every thread of etcd
+        // stopped (or it died), so it cannot answer one more request.
+        let pid = self.running_pid()?;
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid(2) on our own unreaped child; WNOWAIT leaves its
+            // state to be collected by `Child::wait` later.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// Continues a process frozen by [`pause`](Self::pause) (SIGCONT).

@@ -85,6 +85,9 @@ impl Drop for ConnGuard {
 /// certificate is valid for `127.0.0.1`).
 ///
 /// Each connection pair is served by one task; half-closes are forwarded.
+/// The proxy connects to the target when it accepts a client (or, when
+/// blackholed, once restored); if the target refuses, it closes the
+/// client's connection.
 /// Dropping the proxy aborts every task, closing all connections. Needs a
 /// Tokio runtime.
 ///
