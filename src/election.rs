@@ -215,6 +215,7 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
 
 /// Keeps an Observe stream open (reopening it after failures) until `sender` closes.
 async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender<Result<Leader>>) {
+    let mut renewed_last = false;
     loop {
         let mut request = tonic::Request::new(LeaderRequest {
             name: name.clone().into_bytes(),
@@ -224,7 +225,8 @@ async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender
             MetadataValue::from_static(REQUIRE_LEADER.1),
         );
         let mut election = client.election();
-        let failure = tokio::select! {
+        let token = client.transport_ref().token();
+        let failure: Error = tokio::select! {
             _ = sender.closed() => return,
             failure = async {
                 let mut stream = election.observe(request).await?.into_inner();
@@ -235,15 +237,24 @@ async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender
                                 let _ = sender.send(Ok(Leader::from(kv)));
                             }
                         }
-                        None => return Err(Error::StreamEnded { stream: "Observe" }),
+                        None => return Err::<(), _>(Error::StreamEnded { stream: "Observe" }),
                     }
                 }
-            } => failure,
+            } => match failure {
+                Err(error) => error,
+                Ok(()) => unreachable!("the stream loop only ends with an error"),
+            },
         };
-        let failure: Result<()> = failure;
-        if let Err(error) = failure
-            && sender.send(Err(error)).is_err()
-        {
+        let renewed = client
+            .transport_ref()
+            .recover(&failure, token.as_ref())
+            .await;
+        if renewed && !renewed_last {
+            renewed_last = true;
+            continue; // a renewed token: reopen at once, nothing to report
+        }
+        renewed_last = renewed;
+        if sender.send(Err(failure)).is_err() {
             return;
         }
         tokio::select! {
@@ -681,8 +692,13 @@ impl Task {
                         }
                         Ok(Step::Returned) => {}
                         Err(error) => {
-                            self.emit_error(error);
-                            self.campaign = Some(self.enter_after(RETRY));
+                            let delay = if self.client.transport_ref().recover(&error, None).await {
+                                Duration::ZERO
+                            } else {
+                                self.emit_error(error);
+                                RETRY
+                            };
+                            self.campaign = Some(self.enter_after(delay));
                         }
                     }
                 }

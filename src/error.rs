@@ -141,6 +141,33 @@ impl Error {
     }
 }
 
+impl Error {
+    /// etcd rejected the auth token: authenticate again and retry.
+    pub(crate) fn is_token_rejected(&self) -> bool {
+        matches!(self, Error::InvalidAuthToken(_) | Error::AuthOldRevision(_))
+    }
+
+    /// A long-lived stream ended without an error.
+    pub(crate) fn is_stream_end(&self) -> bool {
+        matches!(self, Error::StreamEnded { .. })
+    }
+
+    /// The member we talk to failed us: another one may do better.
+    pub(crate) fn is_member_failure(&self) -> bool {
+        match self {
+            Error::NoLeader(_)
+            | Error::Timeout { .. }
+            | Error::StreamEnded { .. }
+            | Error::LeaseDeadline { .. } => true,
+            Error::Rpc(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<Status> for Error {
     /// Maps etcd's error messages (which gRPC codes alone do not tell apart) to variants.
     fn from(status: Status) -> Self {

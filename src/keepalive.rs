@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 
-use crate::client::Transport;
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
 };
+use crate::transport::Transport;
 
 /// etcd's require-leader metadata: a member cut off from its cluster's leader
 /// fails the stream instead of answering for a lease it cannot renew.
@@ -97,7 +97,11 @@ struct Lease {
     next_renewal: Instant,
 }
 
-type Answer = (u64, Result<LeaseKeepAliveResponse, Error>);
+/// An answer from stream `generation`, or its end: the error and the token it was opened with.
+type Answer = (
+    u64,
+    Result<LeaseKeepAliveResponse, (Error, Option<http::HeaderValue>)>,
+);
 
 struct Keeper {
     transport: Transport,
@@ -147,7 +151,7 @@ impl Keeper {
                 }
                 Some((generation, answer)) = self.answers.recv() => {
                     if generation == self.generation {
-                        self.on_answer(answer);
+                        self.on_answer(answer).await;
                     }
                 }
             }
@@ -196,6 +200,7 @@ impl Keeper {
         let (requests, outgoing) = mpsc::channel(16 * 1024);
         let answers = self.answers_tx.clone();
         let mut client = LeaseClient::new(self.transport.clone());
+        let token = self.transport.token();
         tokio::spawn(async move {
             let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
             request.metadata_mut().insert(
@@ -207,7 +212,7 @@ impl Keeper {
             let mut stream = match client.lease_keep_alive(request).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
-                    let _ = answers.send((generation, Err(Error::from(status))));
+                    let _ = answers.send((generation, Err((Error::from(status), token))));
                     return;
                 }
             };
@@ -219,6 +224,7 @@ impl Keeper {
                     }),
                     Err(status) => Err(Error::from(status)),
                 };
+                let answer = answer.map_err(|error| (error, token.clone()));
                 let end = answer.is_err();
                 if answers.send((generation, answer)).is_err() || end {
                     return;
@@ -229,7 +235,10 @@ impl Keeper {
         requests
     }
 
-    fn on_answer(&mut self, answer: Result<LeaseKeepAliveResponse, Error>) {
+    async fn on_answer(
+        &mut self,
+        answer: Result<LeaseKeepAliveResponse, (Error, Option<http::HeaderValue>)>,
+    ) {
         match answer {
             Ok(response) => {
                 let id = response.id;
@@ -251,10 +260,19 @@ impl Keeper {
                     });
                 }
             }
-            Err(error) => {
+            Err((error, token)) => {
+                self.stream = None;
+                if self.transport.recover(&error, token.as_ref()).await {
+                    // Only the token had expired: the leases are fine (their
+                    // deadlines still guard them); the next renewal reopens.
+                    // Requests on the dead stream will never be answered.
+                    for lease in self.leases.values_mut() {
+                        lease.in_flight.clear();
+                    }
+                    return;
+                }
                 // The stream is gone: every lease it carried is reported lost,
                 // and the next renewal opens a new stream.
-                self.stream = None;
                 for (_, lease) in self.leases.drain() {
                     let _ = lease.events.send(LeaseEvent::Lost(error.clone()));
                 }

@@ -280,6 +280,7 @@ impl Worker {
             let (id, ttl, sent_at) = match granted {
                 Ok(granted) => granted,
                 Err(error) => {
+                    self.client.transport_ref().recover(&error, None).await;
                     self.report(NO_LEASE, Some(error));
                     if !self.pause(backoff).await {
                         break;
@@ -295,7 +296,9 @@ impl Worker {
             self.client.keepalive().remove(id);
             match end {
                 End::Lost(error) => {
+                    let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
+                    self.client.transport_ref().recover(&hint, None).await;
                     // The lease may still live on etcd (say, the network hangs):
                     // revoke it, so its keys go as soon as etcd hears us.
                     tokio::spawn(revoke(self.client.clone(), id, self.ttl()));

@@ -1,0 +1,441 @@
+//! The HTTP/2 channels under every raw client: one per etcd member, failover
+//! between them, the auth token on every call, and its renewal.
+//!
+//! Unary and server-streaming calls (everything but `LeaseKeepAlive` and
+//! `Watch`, whose request streams never end) are buffered when there is
+//! something to retry for, so that a call can be sent again:
+//! - to the next member, when the current one cannot be connected to (the
+//!   request never left, so a retry cannot apply it twice);
+//! - once, with a fresh token, when etcd answers `invalid auth token` or
+//!   `revision of auth store is old`.
+//!
+//! The long-lived streams reopen through their owners' loops, which call
+//! [`Transport::failover`] and [`Transport::renew_token`] on their errors.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::{Service, ServiceExt};
+
+use crate::error::{Error, Result, SharedError};
+use crate::proto::etcdserverpb::{AuthenticateRequest, auth_client::AuthClient};
+use crate::wire;
+
+/// The metadata key etcd reads the auth token from.
+const TOKEN_HEADER: &str = "token";
+
+/// Calls whose request stream stays open: they cannot be buffered and replayed.
+const OPEN_ENDED: [&str; 2] = [
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Watch/Watch",
+];
+
+/// HTTP/2 pings find a connection that died without closing. etcd's default
+/// `--grpc-keepalive-min-time` is 5 s and it answers faster pings with GOAWAY,
+/// so stay above it.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// User name and password, and the token etcd gave for them.
+struct Credentials {
+    user: String,
+    password: String,
+    token: RwLock<Option<HeaderValue>>,
+    /// One renewal at a time: the calls that failed together wait for it.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+struct Shared {
+    uris: Vec<Uri>,
+    channels: Vec<Channel>,
+    /// The member calls go to; moved on by [`Transport::failover`].
+    current: AtomicUsize,
+    credentials: Option<Credentials>,
+}
+
+/// The HTTP/2 channel under every raw client (a `tower::Service`): sends each
+/// call to the current etcd member, fails over to the next, adds the auth
+/// token and renews it, and logs each call's method in the wire log.
+#[derive(Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    /// The channel `poll_ready` readied for the next `call`, and its index.
+    ready: Option<(usize, Channel)>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("endpoints", &self.shared.uris)
+            .field("current", &self.shared.current.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Dials every endpoint at once and starts on the first that connects;
+    /// the others are connected on demand, when a failover reaches them.
+    pub(crate) async fn connect(
+        uris: Vec<Uri>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        dial_timeout: Duration,
+        credentials: Option<(String, String)>,
+    ) -> Result<Transport> {
+        let connector = Connector { tls };
+        let endpoints: Vec<Endpoint> = uris
+            .iter()
+            .map(|uri| {
+                Endpoint::from(uri.clone())
+                    .connect_timeout(dial_timeout)
+                    .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+                    .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+            })
+            .collect();
+        let mut channels: Vec<Channel> = endpoints
+            .iter()
+            .map(|endpoint| endpoint.connect_with_connector_lazy(connector.clone()))
+            .collect();
+        let (first, channel) = dial_first(&uris, &endpoints, connector, dial_timeout).await?;
+        channels[first] = channel;
+        let credentials = credentials.map(|(user, password)| Credentials {
+            user,
+            password,
+            token: RwLock::new(None),
+            renewing: tokio::sync::Mutex::new(()),
+        });
+        let shared = Shared {
+            uris,
+            channels,
+            current: AtomicUsize::new(first),
+            credentials,
+        };
+        Ok(Transport {
+            shared: Arc::new(shared),
+            ready: None,
+        })
+    }
+
+    /// The endpoint calls go to now.
+    pub fn current_endpoint(&self) -> &Uri {
+        &self.shared.uris[self.shared.current.load(Ordering::SeqCst)]
+    }
+
+    /// Moves calls off the member at `index` (if they are still on it) to the
+    /// next one. Streams call this when their member fails them.
+    pub(crate) fn failover_from(&self, index: usize) {
+        let next = (index + 1) % self.shared.channels.len();
+        let _ =
+            self.shared
+                .current
+                .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Does what `error`, from a call or stream sent with `token`, asks for:
+    /// a new token when etcd rejected this one (true if it was renewed), the
+    /// next member when this one failed. The long-lived streams call this
+    /// before they reopen.
+    pub(crate) async fn recover(&self, error: &Error, token: Option<&HeaderValue>) -> bool {
+        // An Observe whose token expired just ends, without a status.
+        let renewed = if error.is_token_rejected()
+            || (self.shared.credentials.is_some() && error.is_stream_end())
+        {
+            self.renew_token(token).await.unwrap_or(false)
+        } else {
+            false
+        };
+        if !renewed && error.is_member_failure() {
+            self.failover_from(self.shared.current.load(Ordering::SeqCst));
+        }
+        renewed
+    }
+
+    pub(crate) fn token(&self) -> Option<HeaderValue> {
+        let credentials = self.shared.credentials.as_ref()?;
+        credentials.token.read().expect("token lock").clone()
+    }
+
+    /// Authenticates (again) and keeps the new token for every later call.
+    /// `stale` is the token a failed call carried: if another call already
+    /// replaced it, that token is used and etcd is not asked again. True if
+    /// etcd gave a new token.
+    pub(crate) async fn renew_token(&self, stale: Option<&HeaderValue>) -> Result<bool> {
+        let Some(credentials) = &self.shared.credentials else {
+            return Ok(false);
+        };
+        let _one_at_a_time = credentials.renewing.lock().await;
+        if self.token().as_ref() != stale {
+            return Ok(false);
+        }
+        let request = AuthenticateRequest {
+            name: credentials.user.clone(),
+            password: credentials.password.clone(),
+        };
+        // Through a transport without credentials: no token, no renewal loop.
+        let bare = Transport {
+            shared: Arc::new(Shared {
+                uris: self.shared.uris.clone(),
+                channels: self.shared.channels.clone(),
+                current: AtomicUsize::new(self.shared.current.load(Ordering::SeqCst)),
+                credentials: None,
+            }),
+            ready: None,
+        };
+        let response = AuthClient::new(bare)
+            .authenticate(request)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Error::Auth {
+                    user: credentials.user.clone(),
+                    source: status,
+                },
+                _ => Error::from(status),
+            })?;
+        let token = HeaderValue::try_from(response.into_inner().token).map_err(|_| {
+            Error::Rpc(tonic::Status::internal(
+                "etcd returned a token that is not a header value",
+            ))
+        })?;
+        *credentials.token.write().expect("token lock") = Some(token);
+        Ok(true)
+    }
+}
+
+/// Dials every endpoint at once; returns the first that connects, and its index.
+async fn dial_first(
+    uris: &[Uri],
+    endpoints: &[Endpoint],
+    connector: Connector,
+    timeout: Duration,
+) -> Result<(usize, Channel)> {
+    let mut attempts = JoinSet::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let endpoint = endpoint.clone();
+        let connector = connector.clone();
+        attempts.spawn(async move { (index, endpoint.connect_with_connector(connector).await) });
+    }
+    let deadline = Instant::now() + timeout;
+    let mut last_error: Option<SharedError> = None;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), attempts.join_next()).await {
+            Ok(Some(Ok((index, Ok(channel))))) => return Ok((index, channel)),
+            Ok(Some(Ok((_, Err(error))))) => last_error = Some(Arc::new(error)),
+            Ok(Some(Err(join_error))) => last_error = Some(Arc::new(join_error)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let endpoints = uris
+        .iter()
+        .map(Uri::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Err(Error::Connect {
+        endpoints,
+        timeout,
+        source: last_error,
+    })
+}
+
+/// Whether a failed call never reached etcd: its channel could not connect.
+/// (tonic's connect failure type is private; its Debug name is all we have.)
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if format!("{error:?}").starts_with("ConnectError") {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// Whether a trailers-only answer says the token must be renewed.
+fn token_rejected(response: &http::Response<Body>) -> bool {
+    let headers = response.headers();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("");
+    match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
+        Some("16") => message.contains("invalid auth token"),
+        Some("3") => message.contains("revision of auth store is old"),
+        _ => false,
+    }
+}
+
+impl Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let index = self.shared.current.load(Ordering::SeqCst);
+        if self.ready.as_ref().is_none_or(|(ready, _)| *ready != index) {
+            self.ready = Some((index, self.shared.channels[index].clone()));
+        }
+        let (_, channel) = self.ready.as_mut().expect("set above");
+        // A member that cannot be reached fails the call, not poll_ready:
+        // `call` then moves on to the next member.
+        channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let (index, channel) = self.ready.take().expect("poll_ready must be called first");
+        let transport = self.clone();
+        Box::pin(async move {
+            let method = request.uri().path().to_owned();
+            let logging = wire::enabled();
+            if logging {
+                wire::log(format_args!("call {method}"));
+            }
+            let started = Instant::now();
+            let response = transport.send(index, channel, request, &method).await;
+            if logging {
+                let outcome = match &response {
+                    Ok(r) => match r.headers().get("grpc-status") {
+                        Some(code) => format!("grpc-status {code:?}"),
+                        None => format!("http {}", r.status().as_u16()),
+                    },
+                    Err(e) => format!("transport error: {e}"),
+                };
+                wire::log(format_args!(
+                    "done {method} {outcome} after {:?}",
+                    started.elapsed()
+                ));
+            }
+            response
+        })
+    }
+}
+
+impl Transport {
+    async fn send(
+        &self,
+        index: usize,
+        mut channel: Channel,
+        request: http::Request<Body>,
+        method: &str,
+    ) -> Result<http::Response<Body>, BoxError> {
+        let retries = self.shared.credentials.is_some() || self.shared.channels.len() > 1;
+        if !retries || OPEN_ENDED.contains(&method) {
+            let mut request = request;
+            if let Some(token) = self.token() {
+                request.headers_mut().insert(TOKEN_HEADER, token);
+            }
+            let response = channel.call(request).await;
+            if let Err(error) = &response
+                && never_sent(error)
+            {
+                self.failover_from(index);
+            }
+            return response.map_err(Into::into);
+        }
+
+        // Buffer the request so that it can be sent again.
+        let (parts, body) = request.into_parts();
+        let body: Bytes = body.collect().await?.to_bytes();
+        let rebuild = |token: Option<HeaderValue>| {
+            let mut request = http::Request::new(Body::new(Full::new(body.clone())));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            *request.extensions_mut() = parts.extensions.clone();
+            if let Some(token) = token {
+                request.headers_mut().insert(TOKEN_HEADER, token);
+            }
+            request
+        };
+
+        let mut target = Some((index, channel));
+        let mut members_tried = 0;
+        let mut renewed = false;
+        loop {
+            let (index, mut channel) = match target.take() {
+                Some(target) => target,
+                None => {
+                    let index = self.shared.current.load(Ordering::SeqCst);
+                    let mut channel = self.shared.channels[index].clone();
+                    channel.ready().await?;
+                    (index, channel)
+                }
+            };
+            let token = self.token();
+            match channel.call(rebuild(token.clone())).await {
+                Err(error) => {
+                    if !never_sent(&error) {
+                        return Err(error.into());
+                    }
+                    self.failover_from(index);
+                    members_tried += 1;
+                    if members_tried >= self.shared.channels.len() {
+                        return Err(error.into());
+                    }
+                }
+                Ok(response) if !renewed && token_rejected(&response) => {
+                    renewed = true;
+                    self.renew_token(token.as_ref()).await?;
+                }
+                Ok(response) => return Ok(response),
+            }
+        }
+    }
+}
+
+/// Everything the connector can hand to hyper: a TCP stream, TLS or not.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Opens TCP connections, with TLS through our own rustls config (tonic's
+/// built-in TLS cannot skip verification, which `ETCD3_SKIP_VERIFY` needs).
+#[derive(Clone)]
+struct Connector {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<Box<dyn Io>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(2379);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = tls else {
+                return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Io>));
+            };
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok(TokioIo::new(Box::new(stream) as Box<dyn Io>))
+        })
+    }
+}
