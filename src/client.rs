@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::{self, Config};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keepalive::KeepAlive;
 use crate::proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
@@ -82,9 +82,22 @@ impl Client {
             .username
             .clone()
             .map(|user| (user, config.password.clone().unwrap_or_default()));
-        let transport = Transport::connect(uris, tls, dial_timeout, credentials).await?;
-        // With credentials: a token now, so wrong ones fail here, not later.
-        transport.renew_token(None).await?;
+        let started = tokio::time::Instant::now();
+        let transport = Transport::connect(uris.clone(), tls, dial_timeout, credentials).await?;
+        // With credentials: a token now, so wrong ones fail here, not later;
+        // within what is left of the dial timeout.
+        let left = dial_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, transport.renew_token(None)).await {
+            Ok(renewed) => renewed?,
+            Err(_) => {
+                let endpoints = crate::transport::endpoint_list(&uris);
+                return Err(Error::Connect {
+                    endpoints,
+                    timeout: dial_timeout,
+                    source: None,
+                });
+            }
+        };
         let keepalive = KeepAlive::start(transport.clone());
         Ok(Client {
             inner: Arc::new(Inner {

@@ -287,7 +287,10 @@ pub enum ConfigError {
     },
     /// A certificate of the CA or client certificate file is one rustls rejects
     /// (e.g. malformed DER).
-    #[error("{name}='{}' holds a certificate that rustls cannot use", .path.display())]
+    #[error(
+        "{name}='{}' holds a certificate that rustls cannot use, expected a DER-encoded X.509 certificate",
+        .path.display()
+    )]
     InvalidCertificate {
         /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
         name: &'static str,
@@ -299,7 +302,10 @@ pub enum ConfigError {
     },
     /// The private key is of a kind rustls (with `ring`) cannot sign with;
     /// RSA, ECDSA P-256/P-384 and Ed25519 work.
-    #[error("{name}='{}' holds a private key that rustls cannot use", .path.display())]
+    #[error(
+        "{name}='{}' holds a private key that rustls cannot use, expected an RSA, ECDSA P-256/P-384 or Ed25519 key",
+        .path.display()
+    )]
     UnsupportedKey {
         /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
         name: &'static str,

@@ -441,6 +441,7 @@ impl Election {
             stale_below: 0,
             last: None,
             entered: false,
+            campaigned: false,
             announced: false,
             held_back: None,
         };
@@ -652,6 +653,9 @@ struct Task {
     last: Option<(bool, String, String)>,
     /// Whether our key for the current lease is in etcd.
     entered: bool,
+    /// Whether etcd's Campaign returned and Observe has not yet shown another
+    /// leader since: campaigning again would only repeat it.
+    campaigned: bool,
     /// Whether any leader was reported yet. Until we are in the race, another
     /// leader is held back here, so the first outcome (what `new_election`
     /// waits for) means that we are a candidate behind that leader.
@@ -690,7 +694,7 @@ impl Task {
                             }
                             self.campaign = Some(self.campaign_rpc());
                         }
-                        Ok(Step::Returned) => {}
+                        Ok(Step::Returned) => self.campaigned = true,
                         Err(error) => {
                             let delay = if self.client.transport_ref().recover(&error, None).await {
                                 Duration::ZERO
@@ -718,6 +722,7 @@ impl Task {
         // A campaign on the old lease is void; dropping it cancels the RPC.
         self.campaign = None;
         self.entered = false;
+        self.campaigned = false;
         if lease == NO_LEASE {
             let error = error.unwrap_or(Error::StreamEnded {
                 stream: "LeaseKeepAlive",
@@ -739,6 +744,10 @@ impl Task {
             return;
         }
         self.announced = true;
+        if !ours {
+            // Someone else leads: if our campaign had returned, our key is gone.
+            self.campaigned = false;
+        }
         let is_leader = {
             let mut state = self.shared.state.lock().expect("state lock");
             // The session may have lost the lease since this message was sent.
@@ -768,6 +777,7 @@ impl Task {
     fn keep_campaigning(&mut self) {
         if self.lease != NO_LEASE
             && self.campaign.is_none()
+            && !self.campaigned
             && !self.shared.is_leader.load(Ordering::SeqCst)
         {
             self.campaign = Some(self.enter_after(Duration::ZERO));
@@ -844,7 +854,13 @@ impl Task {
             return Ok(false);
         };
         self.emit(ElectionEvent::default());
-        resign(&self.client, term, self.ttl / 2).await?;
+        self.campaigned = false;
+        if let Err(error) = resign(&self.client, term, self.ttl / 2).await {
+            // Our key may still hold the office, and we no longer take it for
+            // ours: give up the lease, so the key goes and we start over.
+            self.session.reset();
+            return Err(error);
+        }
         Ok(true)
     }
 

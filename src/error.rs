@@ -32,8 +32,8 @@ pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is missing or malformed.
-    #[error("invalid etcd configuration")]
+    /// A setting is missing or malformed (the message names it).
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// No endpoint answered within the dial timeout.
     #[error("cannot connect to etcd at {endpoints} within {timeout:?}")]
@@ -118,9 +118,11 @@ pub enum Error {
     /// Only the election's leader may do this, and we do not lead.
     #[error("not the election's leader")]
     NotLeader,
-    /// Any other gRPC status from etcd.
-    #[error("etcd answered {}", .0.code())]
-    Rpc(#[source] Status),
+    /// Any other gRPC status: etcd's own message and the code. The status,
+    /// and the transport error under it if any, stay reachable through
+    /// [`Error::status`].
+    #[error("{} ({:?})", .0.message(), .0.code())]
+    Rpc(Status),
 }
 
 impl Error {

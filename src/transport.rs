@@ -31,7 +31,10 @@ use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
 use crate::error::{Error, Result, SharedError};
-use crate::proto::etcdserverpb::{AuthenticateRequest, auth_client::AuthClient};
+use crate::proto::etcdserverpb::{
+    AuthenticateRequest, StatusRequest, auth_client::AuthClient,
+    maintenance_client::MaintenanceClient,
+};
 use crate::wire;
 
 /// The metadata key etcd reads the auth token from.
@@ -226,28 +229,48 @@ async fn dial_first(
     for (index, endpoint) in endpoints.iter().enumerate() {
         let endpoint = endpoint.clone();
         let connector = connector.clone();
-        attempts.spawn(async move { (index, endpoint.connect_with_connector(connector).await) });
+        attempts.spawn(async move { (index, dial(endpoint, connector).await) });
     }
     let deadline = Instant::now() + timeout;
     let mut last_error: Option<SharedError> = None;
     loop {
         match tokio::time::timeout_at(deadline.into(), attempts.join_next()).await {
             Ok(Some(Ok((index, Ok(channel))))) => return Ok((index, channel)),
-            Ok(Some(Ok((_, Err(error))))) => last_error = Some(Arc::new(error)),
+            Ok(Some(Ok((_, Err(error))))) => last_error = Some(error),
             Ok(Some(Err(join_error))) => last_error = Some(Arc::new(join_error)),
             Ok(None) | Err(_) => break,
         }
     }
-    let endpoints = uris
-        .iter()
-        .map(Uri::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
     Err(Error::Connect {
-        endpoints,
+        endpoints: endpoint_list(uris),
         timeout,
         source: last_error,
     })
+}
+
+/// `http://a:1,http://b:2`, as the endpoints were given (no trailing `/`).
+pub(crate) fn endpoint_list(uris: &[Uri]) -> String {
+    let plain = |uri: &Uri| {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        format!("{scheme}://{authority}")
+    };
+    uris.iter().map(plain).collect::<Vec<_>>().join(",")
+}
+
+/// Connects to one member and checks that it is etcd: HTTP/2 alone proves
+/// nothing (a client's handshake does not wait for the server), so ask for
+/// its Status, which needs no auth.
+async fn dial(endpoint: Endpoint, connector: Connector) -> Result<Channel, SharedError> {
+    let channel = endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| Arc::new(e) as SharedError)?;
+    MaintenanceClient::new(channel.clone())
+        .status(StatusRequest {})
+        .await
+        .map_err(|status| Arc::new(status) as SharedError)?;
+    Ok(channel)
 }
 
 /// Whether a failed call never reached etcd: its channel could not connect.

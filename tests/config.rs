@@ -683,10 +683,11 @@ fn temp_files_are_removed() {
 fn config_error_is_the_source_of_error_config() {
     let err = fill(None, &[("ETCD3_DIAL_TIMEOUT", "abc")]).unwrap_err();
     let err = etcdutil::Error::from(err);
-    assert_eq!(err.to_string(), "invalid etcd configuration");
+    // The configuration error speaks for itself.
     assert_eq!(
-        err.source().unwrap().to_string(),
+        err.to_string(),
         "ETCD3_DIAL_TIMEOUT='abc' is not a duration (1m|15s|24h)"
     );
+    assert!(matches!(err, etcdutil::Error::Config(_)));
     let _clone = err.clone();
 }

@@ -1,0 +1,375 @@
+//! `Client::connect` against real etcd members: plaintext and TLS that work,
+//! and the connections that must fail fast with a clear error (wrong CA,
+//! unreachable endpoints, the wrong scheme).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcdutil::proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, LeaseLeasesRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, compare, request_op, response_op,
+};
+use etcdutil::testing::Etcd;
+use etcdutil::{Client, Config, Error, TlsConfig};
+
+// ---------------------------------------------------------------- helpers
+
+/// Every message of `err`'s chain: itself, its source, the source's source...
+fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut messages = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        messages.push(cause.to_string());
+        source = cause.source();
+    }
+    messages
+}
+
+/// The keys and values of the whole keyspace, in key order.
+async fn everything(client: &Client) -> Vec<(String, String)> {
+    let range = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    client
+        .kv()
+        .range(range)
+        .await
+        .expect("Range over the whole keyspace")
+        .into_inner()
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// No lease at all in etcd.
+async fn assert_no_lease(client: &Client) {
+    let leases = client
+        .lease()
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("LeaseLeases")
+        .into_inner()
+        .leases;
+    assert!(leases.is_empty(), "leases left behind: {leases:?}");
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A Put and a Range of it through `client`; nothing else in etcd after.
+async fn put_and_range(client: &Client) {
+    client.kv().put(put("/client/k", "v")).await.expect("Put");
+    let range = client
+        .kv()
+        .range(RangeRequest {
+            key: b"/client/k".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("Range")
+        .into_inner();
+    assert_eq!(range.count, 1);
+    assert_eq!(range.kvs[0].value, b"v");
+    assert_eq!(
+        everything(client).await,
+        [("/client/k".to_owned(), "v".to_owned())]
+    );
+    assert_no_lease(client).await;
+}
+
+/// Two loopback addresses nothing listens on (bound, then released).
+fn closed_ports() -> [SocketAddr; 2] {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    [a.local_addr().unwrap(), b.local_addr().unwrap()]
+}
+
+/// Connects with `config`, which must fail within 3 s; the error.
+async fn connect_fails(config: Config) -> Error {
+    let started = Instant::now();
+    let result = within(10.0, "a connect that must fail", Client::connect(config)).await;
+    let elapsed = started.elapsed();
+    let err = result.expect_err("the connection must be refused");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    err
+}
+
+// ---------------------------------------------------------------- plaintext
+
+#[tokio::test]
+async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let mut kv = client.kv();
+
+    let put_response = kv
+        .put(put("/plain/a", "1"))
+        .await
+        .expect("Put")
+        .into_inner();
+    let revision = put_response.header.expect("header").revision;
+    kv.put(put("/plain/b", "2")).await.expect("Put");
+
+    let range = kv
+        .range(RangeRequest {
+            key: b"/plain/".to_vec(),
+            range_end: b"/plain0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("Range")
+        .into_inner();
+    let values: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    assert_eq!(values, [b"1", b"2"]);
+
+    // A Txn: if /plain/a is still at its first revision, put /plain/c and read /plain/a.
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: b"/plain/a".to_vec(),
+            target_union: Some(compare::TargetUnion::ModRevision(revision)),
+            range_end: vec![],
+        }],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(put("/plain/c", "3"))),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"/plain/a".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let txn = kv.txn(txn).await.expect("Txn").into_inner();
+    assert!(txn.succeeded);
+    match &txn.responses[1].response {
+        Some(response_op::Response::ResponseRange(range)) => assert_eq!(range.kvs[0].value, b"1"),
+        other => panic!("expected a Range response, got {other:?}"),
+    }
+
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"/plain/a".to_vec(),
+            range_end: b"/plain/c".to_vec(),
+            prev_kv: true,
+        })
+        .await
+        .expect("DeleteRange")
+        .into_inner();
+    assert_eq!(deleted.deleted, 2);
+    assert_eq!(deleted.prev_kvs.len(), 2);
+
+    assert_eq!(
+        everything(&client).await,
+        [("/plain/c".to_owned(), "3".to_owned())]
+    );
+    assert_no_lease(&client).await;
+}
+
+#[tokio::test]
+async fn unreachable_endpoints_fail_within_the_dial_timeout_naming_both() {
+    let [a, b] = closed_ports();
+    let err = connect_fails(Config {
+        endpoints: vec![a.to_string(), b.to_string()],
+        dial_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to etcd at http://{a},http://{b} within 1s")
+    );
+    let messages = chain(&err);
+    assert!(
+        messages[1..]
+            .iter()
+            .any(|m| m.contains("Connection refused")),
+        "{messages:?}"
+    );
+}
+
+// ---------------------------------------------------------------- TLS
+
+#[tokio::test]
+async fn tls_with_the_right_ca_and_client_certificate_puts_and_ranges() {
+    let etcd = Etcd::builder()
+        .tls(true)
+        .client_cert_auth(true)
+        .start()
+        .await
+        .expect("start etcd");
+    let files = etcd.tls_files().unwrap();
+    let config = etcd.config();
+    assert_eq!(
+        config.tls,
+        Some(TlsConfig {
+            ca_file: Some(files.ca_cert.clone()),
+            cert_file: Some(files.client_cert.clone()),
+            key_file: Some(files.client_key.clone()),
+            skip_verify: false,
+        })
+    );
+    let client = Client::connect(config).await.expect("connect over TLS");
+    put_and_range(&client).await;
+}
+
+#[tokio::test]
+async fn tls_with_skip_verify_and_the_client_certificate_puts_and_ranges() {
+    let etcd = Etcd::builder()
+        .tls(true)
+        .client_cert_auth(true)
+        .start()
+        .await
+        .expect("start etcd");
+    let files = etcd.tls_files().unwrap();
+    let config = Config {
+        tls: Some(TlsConfig {
+            ca_file: None,
+            cert_file: Some(files.client_cert.clone()),
+            key_file: Some(files.client_key.clone()),
+            skip_verify: true,
+        }),
+        ..etcd.config()
+    };
+    let client = Client::connect(config)
+        .await
+        .expect("connect over TLS without verifying");
+    put_and_range(&client).await;
+}
+
+#[tokio::test]
+async fn tls_with_a_wrong_ca_fails_naming_the_certificate_problem() {
+    let etcd = Etcd::builder().tls(true).start().await.expect("start etcd");
+    let files = etcd.tls_files().unwrap();
+    let err = connect_fails(Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(files.other_ca_cert.clone()),
+            ..Default::default()
+        }),
+        dial_timeout: Some(Duration::from_secs(1)),
+        ..etcd.config()
+    })
+    .await;
+    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot connect to etcd at https://{} within 1s",
+            etcd.client_addr()
+        )
+    );
+    let messages = chain(&err);
+    assert!(
+        messages[1..]
+            .iter()
+            .any(|m| m.contains("invalid peer certificate: UnknownIssuer")),
+        "{messages:?}"
+    );
+    // The right CA still works: nothing was left behind by the failed attempt.
+    let client = client(&etcd).await;
+    assert!(everything(&client).await.is_empty());
+    assert_no_lease(&client).await;
+}
+
+#[tokio::test]
+async fn tls_without_a_client_certificate_is_refused_by_client_cert_auth() {
+    let etcd = Etcd::builder()
+        .tls(true)
+        .client_cert_auth(true)
+        .start()
+        .await
+        .expect("start etcd");
+    let files = etcd.tls_files().unwrap();
+    let err = connect_fails(Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(files.ca_cert.clone()),
+            ..Default::default()
+        }),
+        dial_timeout: Some(Duration::from_secs(1)),
+        ..etcd.config()
+    })
+    .await;
+    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot connect to etcd at https://{} within 1s",
+            etcd.client_addr()
+        )
+    );
+    // TLS 1.3 lets the client finish its handshake before the server checks
+    // the certificate, so all the client learns is that etcd closed the
+    // connection (the alert is lost under hyper's "connection closed").
+    let messages = chain(&err);
+    assert!(
+        messages[1..]
+            .iter()
+            .any(|m| m.contains("connection closed")),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_client_to_a_tls_etcd_fails_at_connect() {
+    let etcd = Etcd::builder().tls(true).start().await.expect("start etcd");
+    let err = connect_fails(Config {
+        endpoints: vec![etcd.client_addr().to_string()],
+        dial_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot connect to etcd at http://{} within 1s",
+            etcd.client_addr()
+        )
+    );
+}
+
+#[tokio::test]
+async fn tls_client_to_a_plaintext_etcd_fails_at_connect() {
+    let etcd = etcd().await;
+    let err = connect_fails(Config {
+        endpoints: vec![format!("https://{}", etcd.client_addr())],
+        tls: Some(TlsConfig {
+            skip_verify: true,
+            ..Default::default()
+        }),
+        dial_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot connect to etcd at https://{} within 1s",
+            etcd.client_addr()
+        )
+    );
+    let messages = chain(&err);
+    assert!(messages.len() > 1, "no cause given: {messages:?}");
+}

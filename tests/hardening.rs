@@ -1,0 +1,216 @@
+//! Production hardening against real etcd: auth tokens that expire while
+//! sessions and elections run, and the loss of the member a client uses.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcdutil::proto::etcdserverpb::{
+    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, PutRequest,
+};
+use etcdutil::testing::{Cluster, Etcd};
+use etcdutil::{Client, Config, ElectionConfig, NO_LEASE, Session, SessionConfig, new_election};
+
+/// Turns on auth with a `root` user whose password is `secret`.
+async fn enable_auth(etcd: &Etcd) {
+    let admin = client(etcd).await;
+    let auth = admin.auth();
+    let user = AuthUserAddRequest {
+        name: "root".into(),
+        password: "secret".into(),
+        options: None,
+    };
+    auth.clone().user_add(user).await.unwrap();
+    let grant = AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    };
+    auth.clone().user_grant_role(grant).await.unwrap();
+    auth.clone()
+        .auth_enable(AuthEnableRequest {})
+        .await
+        .unwrap();
+}
+
+fn as_user(etcd: &Etcd, user: &str, password: &str) -> Config {
+    Config {
+        username: Some(user.into()),
+        password: Some(password.into()),
+        ..etcd.config()
+    }
+}
+
+/// With a 1 s token TTL, every call after a second of quiet carries an
+/// expired token: each must be renewed transparently, and neither the lease
+/// nor the leadership may be lost meanwhile.
+#[tokio::test]
+async fn session_and_election_ride_through_token_expiries() {
+    let etcd = Etcd::builder().auth_token_ttl(1).start().await.unwrap();
+    enable_auth(&etcd).await;
+    let client = Client::connect(as_user(&etcd, "root", "secret"))
+        .await
+        .unwrap();
+
+    let (observer, mut calls) = Recorder::new();
+    let session = Session::new(&client, SessionConfig { ttl: 3, observer }).unwrap();
+    let lease = calls.lease(5.0).await;
+
+    let losses = Arc::new(AtomicUsize::new(0));
+    let counted = losses.clone();
+    let config = ElectionConfig {
+        election: unique("auth"),
+        candidate: "a".into(),
+        ttl: 3,
+        event_observer: Some(Arc::new(move |event| {
+            if !event.is_leader && !event.is_done {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        })),
+    };
+    let election = new_election(&client, config).await.unwrap();
+    assert!(election.is_leader());
+
+    for round in 0..4 {
+        // Let the token expire (TTL 1 s, etcd checks expiry every ~second).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let put = PutRequest {
+            key: format!("/auth/{round}").into_bytes(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        client
+            .kv()
+            .put(put)
+            .await
+            .expect("a Put with an expired token is renewed and retried");
+        election
+            .proclaim(format!("round {round}"))
+            .await
+            .expect("a Proclaim with an expired token");
+        assert!(
+            election.is_leader(),
+            "still leading after token expiry {round}"
+        );
+        assert_eq!(
+            session.lease_id(),
+            lease,
+            "same lease after token expiry {round}"
+        );
+    }
+    assert!(
+        calls.drain().iter().all(|(id, _)| *id != NO_LEASE),
+        "the lease was never lost"
+    );
+    assert_eq!(
+        losses.load(Ordering::SeqCst),
+        0,
+        "leadership was never lost"
+    );
+    assert_eq!(election.leader().await.unwrap().unwrap().data, "round 3");
+    election.close().await;
+    session.close().await;
+}
+
+#[tokio::test]
+async fn wrong_password_fails_at_connect() {
+    let etcd = etcd().await;
+    enable_auth(&etcd).await;
+    let started = Instant::now();
+    let err = Client::connect(as_user(&etcd, "root", "wrong"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "no hang");
+    assert_eq!(
+        err.to_string(),
+        "etcd rejected the credentials of user 'root'"
+    );
+}
+
+/// Kills whichever member the client talks to: calls move to another.
+#[tokio::test]
+async fn killing_the_member_in_use_fails_over() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let client = Client::connect(cluster.config()).await.unwrap();
+    let (observer, mut calls) = Recorder::new();
+    let session = Session::new(&client, SessionConfig { ttl: 3, observer }).unwrap();
+    calls.lease(5.0).await;
+    let name = unique("cluster");
+    let a = new_election(
+        &client,
+        ElectionConfig {
+            election: name.clone(),
+            candidate: "a".into(),
+            ttl: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let other = Client::connect(cluster.config()).await.unwrap();
+    let b = new_election(
+        &other,
+        ElectionConfig {
+            election: name.clone(),
+            candidate: "b".into(),
+            ttl: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let in_use = client.transport().current_endpoint().to_string();
+    let index = cluster
+        .endpoints()
+        .iter()
+        .position(|e| in_use.starts_with(e.trim_end_matches('/')))
+        .expect("a member");
+    cluster.member_mut(index).kill().unwrap();
+
+    let started = Instant::now();
+    let put = PutRequest {
+        key: b"/after-kill".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    within(5.0, "a Put after the kill", async {
+        loop {
+            if client.kv().put(put.clone()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "Put works again within the dial timeout ({took:?})"
+    );
+    assert_ne!(client.transport().current_endpoint().to_string(), in_use);
+
+    // The session keeps its lease or quickly regains one.
+    eventually(8.0, "a lease after the kill", || async {
+        session.lease_id() != NO_LEASE
+    })
+    .await;
+    // Exactly one leader, never two at once, while it settles.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut leaders_seen = 0;
+    while Instant::now() < deadline {
+        let leaders = [a.is_leader(), b.is_leader()]
+            .iter()
+            .filter(|l| **l)
+            .count();
+        assert!(leaders <= 1, "two leaders at once");
+        leaders_seen = leaders;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(leaders_seen, 1, "exactly one leader after the kill");
+    a.close().await;
+    b.close().await;
+    session.close().await;
+}
