@@ -1,0 +1,109 @@
+//! The wire log: every RPC's method, request and response at debug level on
+//! the tracing target `etcdutil::wire`, with passwords and tokens redacted.
+//! One test in its own binary, because it installs the global subscriber.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use etcdutil::proto::etcdserverpb::{
+    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, PutRequest,
+};
+use etcdutil::{Client, Config, WIRE_TARGET};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+/// Keeps the message of every event on the wire target.
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+struct Message<'a>(&'a mut String);
+
+impl Visit for Message<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!("{value:?}"));
+        }
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == WIRE_TARGET
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut line = String::new();
+        event.record(&mut Message(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+#[tokio::test]
+async fn every_rpc_is_logged_with_secrets_redacted() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    tracing::subscriber::set_global_default(Capture(lines.clone())).unwrap();
+
+    let etcd = etcd().await;
+    let admin = client(&etcd).await;
+    let user = AuthUserAddRequest {
+        name: "root".into(),
+        password: "hunter2".into(),
+        options: None,
+    };
+    admin.auth().user_add(user).await.unwrap();
+    let grant = AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    };
+    admin.auth().user_grant_role(grant).await.unwrap();
+    admin
+        .auth()
+        .auth_enable(AuthEnableRequest {})
+        .await
+        .unwrap();
+
+    let config = Config {
+        username: Some("root".into()),
+        password: Some("hunter2".into()),
+        ..etcd.config()
+    };
+    let client = Client::connect(config).await.unwrap();
+    let put = PutRequest {
+        key: b"/wire/key".to_vec(),
+        value: b"wire-value".to_vec(),
+        ..Default::default()
+    };
+    client.kv().put(put).await.unwrap();
+
+    let lines = lines.lock().unwrap().clone();
+    let has = |needle: &str| lines.iter().any(|line| line.contains(needle));
+    assert!(has("call /etcdserverpb.KV/Put"), "the method: {lines:#?}");
+    // prost's Debug prints bytes fields as lists of numbers.
+    let value = format!("{:?}", b"wire-value".to_vec());
+    assert!(
+        has("send etcdserverpb.PutRequest") && has(&value),
+        "the request: {lines:#?}"
+    );
+    assert!(
+        has("recv etcdserverpb.PutResponse"),
+        "the response: {lines:#?}"
+    );
+    assert!(has("done /etcdserverpb.KV/Put"), "the outcome: {lines:#?}");
+    assert!(has("send etcdserverpb.AuthenticateRequest"), "{lines:#?}");
+    assert!(has("recv etcdserverpb.AuthenticateResponse"), "{lines:#?}");
+    assert!(has("<redacted>"), "{lines:#?}");
+    assert!(!has("hunter2"), "a password reached the log: {lines:#?}");
+    let tokens: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("token: \"") && !l.contains("token: \"<redacted>\""))
+        .collect();
+    assert!(tokens.is_empty(), "a token reached the log: {tokens:#?}");
+}
