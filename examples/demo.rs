@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let (leaders, mut leader_events) = mpsc::unbounded_channel();
+    let (joined, mut joins) = mpsc::unbounded_channel();
     let mut candidates = Vec::new();
     for name in CANDIDATES {
         let mut child = Command::new(&elect)
@@ -43,10 +44,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .spawn()?;
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let leaders = leaders.clone();
+        let joined = joined.clone();
         tokio::spawn(async move {
+            let mut first = true;
             while let Ok(Some(line)) = lines.next_line().await {
+                let at = Instant::now();
+                println!("  [{name:>7}] {line}");
                 if line.contains("\"is_leader\":true") {
-                    let _ = leaders.send((name, Instant::now()));
+                    let _ = leaders.send((name, at));
+                }
+                if first && !line.contains("\"leader_key\":\"\"") {
+                    first = false;
+                    let _ = joined.send(name);
                 }
             }
         });
@@ -58,7 +67,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (first, _) = wait_leader(&mut leader_events).await?;
-    println!("\n{first} leads");
+    // Everyone in the race (each has seen the leader) before the leader goes.
+    for _ in CANDIDATES {
+        tokio::time::timeout(Duration::from_secs(15), joins.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or("a candidate did not join within 15 s")?;
+    }
+    // A watch etcd opens behind its current revision (as Observe's are while
+    // candidates are still joining) is caught up by etcd's 100 ms sync loop;
+    // give it that, so the handover below is the steady-state one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("\n{first} leads; stopping it with `close` on its stdin");
 
     // A graceful stop: the leader resigns, the next candidate takes over.
     let leader = candidates
@@ -75,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let (second, at) = wait_leader(&mut leader_events).await?;
     println!(
-        "{first} closed; {second} took over in {:.1} ms (graceful handover: one etcd commit + one watch event)",
+        "\n{first} closed; {second} took over in {:.1} ms (graceful handover: one etcd commit + one watch event)",
         at.duration_since(stopped_at).as_secs_f64() * 1000.0
     );
     leader.child.wait().await?;
@@ -85,11 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter_mut()
         .find(|c| c.name == second)
         .expect("known");
+    println!("\nkilling {second} with SIGKILL: no resign, its lease must expire");
     let killed_at = Instant::now();
     leader.child.start_kill()?;
     let (third, at) = wait_leader(&mut leader_events).await?;
     println!(
-        "{second} killed with SIGKILL; {third} took over in {:.1} ms (crash failover: bounded by the {TTL} s lease TTL)",
+        "\n{second} killed; {third} took over in {:.1} ms (crash failover: bounded by the {TTL} s lease TTL)",
         at.duration_since(killed_at).as_secs_f64() * 1000.0
     );
 
