@@ -31,6 +31,13 @@ pub async fn new_client(cfg: Option<Config>) -> Result<Client> {
 /// It hands out etcd's raw gRPC clients ([`kv`](Client::kv),
 /// [`lease`](Client::lease), [`election`](Client::election), ...), which all
 /// share one HTTP/2 connection and carry the auth token and the wire log.
+///
+/// ```no_run
+/// # async fn run() -> etcdutil::Result<()> {
+/// let client = etcdutil::new_client(None).await?;
+/// let for_a_task = client.clone(); // shares the connection
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -114,6 +121,12 @@ impl Client {
     }
 
     /// The config this client was made with, blanks filled.
+    ///
+    /// ```no_run
+    /// # fn f(client: &etcdutil::Client) {
+    /// println!("talking to {:?}", client.config().endpoints);
+    /// # }
+    /// ```
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -123,6 +136,13 @@ impl Client {
     }
 
     /// The shared HTTP/2 channel, for generated clients this type has no method for.
+    ///
+    /// ```no_run
+    /// use etcdutil::proto::etcdserverpb::kv_client::KvClient;
+    /// # fn f(client: &etcdutil::Client) {
+    /// let kv = KvClient::new(client.transport()).max_decoding_message_size(64 << 20);
+    /// # }
+    /// ```
     pub fn transport(&self) -> Transport {
         self.inner.transport.clone()
     }

@@ -13,29 +13,104 @@ use crate::error::SharedError;
 use crate::tls::{self, FileNames};
 
 /// Comma-separated endpoints: `host:port` or `http(s)://host:port`.
+///
+/// ```
+/// let env = |name: &str| (name == etcdutil::ETCD3_ENDPOINT).then(|| "10.0.0.1:2379, 10.0.0.2:2379".to_string());
+/// let config = etcdutil::new_config_with_env(None, env).unwrap();
+/// assert_eq!(config.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+/// ```
 pub const ETCD3_ENDPOINT: &str = "ETCD3_ENDPOINT";
 /// User name for etcd's authentication.
+///
+/// ```
+/// use etcdutil::{ETCD3_PASSWORD, ETCD3_USER};
+/// let env = |name: &str| match name {
+///     ETCD3_USER => Some("root".to_string()),
+///     ETCD3_PASSWORD => Some("secret".to_string()),
+///     _ => None,
+/// };
+/// let config = etcdutil::new_config_with_env(None, env).unwrap();
+/// assert_eq!(config.username.as_deref(), Some("root"));
+/// ```
 pub const ETCD3_USER: &str = "ETCD3_USER";
 /// Password for etcd's authentication.
+///
+/// ```
+/// // A password without a user name is refused.
+/// let env = |name: &str| (name == etcdutil::ETCD3_PASSWORD).then(|| "secret".to_string());
+/// assert!(etcdutil::new_config_with_env(None, env).is_err());
+/// ```
 pub const ETCD3_PASSWORD: &str = "ETCD3_PASSWORD";
 /// Path of a PEM client certificate (needs [`ETCD3_TLS_KEY`]).
+///
+/// ```
+/// // A certificate without its key is refused.
+/// let env = |name: &str| (name == etcdutil::ETCD3_TLS_CERT).then(|| "/etc/etcd/client.pem".to_string());
+/// assert!(etcdutil::new_config_with_env(None, env).is_err());
+/// ```
 pub const ETCD3_TLS_CERT: &str = "ETCD3_TLS_CERT";
 /// Path of the PEM private key of [`ETCD3_TLS_CERT`].
+///
+/// ```
+/// // A key without its certificate is refused.
+/// let env = |name: &str| (name == etcdutil::ETCD3_TLS_KEY).then(|| "/etc/etcd/client-key.pem".to_string());
+/// assert!(etcdutil::new_config_with_env(None, env).is_err());
+/// ```
 pub const ETCD3_TLS_KEY: &str = "ETCD3_TLS_KEY";
 /// Path of a PEM file of CA certificates that sign etcd's server certificate.
+///
+/// ```
+/// // The file is read at once: a missing one is an error naming it.
+/// let env = |name: &str| (name == etcdutil::ETCD3_CA).then(|| "/nonexistent/ca.pem".to_string());
+/// let err = etcdutil::new_config_with_env(None, env).unwrap_err();
+/// assert_eq!(err.to_string(), "cannot read ETCD3_CA='/nonexistent/ca.pem'");
+/// ```
 pub const ETCD3_CA: &str = "ETCD3_CA";
 /// Any value: TLS without verifying etcd's certificate (tests only).
+///
+/// ```
+/// let env = |name: &str| (name == etcdutil::ETCD3_SKIP_VERIFY).then(|| "1".to_string());
+/// let config = etcdutil::new_config_with_env(None, env).unwrap();
+/// assert!(config.tls.unwrap().skip_verify);
+/// ```
 pub const ETCD3_SKIP_VERIFY: &str = "ETCD3_SKIP_VERIFY";
 /// Any value: TLS, verified against the system's root certificates.
+///
+/// ```
+/// let env = |name: &str| (name == etcdutil::ETCD3_ENABLE_TLS).then(|| "1".to_string());
+/// let config = etcdutil::new_config_with_env(None, env).unwrap();
+/// assert_eq!(config.tls, Some(etcdutil::TlsConfig::default()));
+/// ```
 pub const ETCD3_ENABLE_TLS: &str = "ETCD3_ENABLE_TLS";
 /// Dial timeout in Go duration syntax: `300ms`, `15s`, `1m`, `1h30m`.
+///
+/// ```
+/// use std::time::Duration;
+/// let env = |name: &str| (name == etcdutil::ETCD3_DIAL_TIMEOUT).then(|| "1m30s".to_string());
+/// let config = etcdutil::new_config_with_env(None, env).unwrap();
+/// assert_eq!(config.dial_timeout, Some(Duration::from_secs(90)));
+/// ```
 pub const ETCD3_DIAL_TIMEOUT: &str = "ETCD3_DIAL_TIMEOUT";
 /// Any value: log every RPC (method, request, response) on stderr.
+///
+/// ```
+/// let env = |name: &str| (name == etcdutil::ETCD3_DEBUG).then(|| "1".to_string());
+/// assert!(etcdutil::new_config_with_env(None, env).unwrap().debug);
+/// ```
 pub const ETCD3_DEBUG: &str = "ETCD3_DEBUG";
 
 /// Where to find etcd and how to talk to it.
 ///
 /// Blank fields (empty, `None`, `false`) are filled by [`new_config`].
+///
+/// ```
+/// use std::time::Duration;
+/// let config = etcdutil::Config {
+///     endpoints: vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+///     dial_timeout: Some(Duration::from_secs(2)),
+///     ..Default::default()
+/// };
+/// ```
 #[derive(Clone, Default, PartialEq)]
 pub struct Config {
     /// `host:port` or `http(s)://host:port`, one per etcd member.
@@ -53,6 +128,15 @@ pub struct Config {
 }
 
 /// TLS settings. rustls never negotiates below TLS 1.2.
+///
+/// ```
+/// let tls = etcdutil::TlsConfig {
+///     ca_file: Some("/etc/etcd/ca.pem".into()),
+///     cert_file: Some("/etc/etcd/client.pem".into()),
+///     key_file: Some("/etc/etcd/client-key.pem".into()),
+///     skip_verify: false,
+/// };
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM CA certificates to verify etcd with; `None` uses the system roots.

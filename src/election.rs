@@ -41,15 +41,33 @@ use crate::proto::v3electionpb::{
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl};
 
 /// Where elections live in etcd's key space.
+///
+/// ```
+/// assert_eq!(etcdutil::election_key("jobs").unwrap(), format!("{}/jobs", etcdutil::ELECTION_PREFIX));
+/// ```
 pub const ELECTION_PREFIX: &str = "/elections";
 
 /// The TTL used when [`ElectionConfig::ttl`] is 0, in seconds.
+///
+/// ```
+/// assert_eq!(etcdutil::ElectionConfig::default().ttl, etcdutil::DEFAULT_ELECTION_TTL);
+/// ```
 pub const DEFAULT_ELECTION_TTL: i64 = 5;
 
 /// Retry a failed Campaign or Observe after this long.
 const RETRY: Duration = Duration::from_millis(500);
 
 /// One change in an election, as seen by one candidate.
+///
+/// ```
+/// let observer: etcdutil::EventObserver = std::sync::Arc::new(|event: etcdutil::ElectionEvent| {
+///     match (event.is_done, event.is_leader) {
+///         (true, _) => println!("election closed"),
+///         (false, true) => println!("we lead"),
+///         (false, false) => println!("{} leads ({})", event.leader_data, event.leader_key),
+///     }
+/// });
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ElectionEvent {
     /// True if our candidate is the leader.
@@ -65,10 +83,19 @@ pub struct ElectionEvent {
 }
 
 /// The Go package's old name for [`ElectionEvent`].
+///
+/// ```
+/// #[allow(deprecated)]
+/// let event: etcdutil::Event = etcdutil::ElectionEvent::default();
+/// ```
 #[deprecated(note = "use ElectionEvent")]
 pub type Event = ElectionEvent;
 
 /// Called with every [`ElectionEvent`], in order, never concurrently.
+///
+/// ```
+/// let observer: etcdutil::EventObserver = std::sync::Arc::new(|event| println!("{event:?}"));
+/// ```
 pub type EventObserver = Arc<dyn Fn(ElectionEvent) + Send + Sync>;
 
 /// How to run an [`Election`].
@@ -124,6 +151,11 @@ fn host_name() -> String {
 
 /// The election's key prefix on the wire: `/elections/<name>`, path-joined
 /// (so `"/jobs"`, `"jobs"` and `"jobs/"` are one election).
+///
+/// ```
+/// assert_eq!(etcdutil::election_key("/jobs/").unwrap(), "/elections/jobs");
+/// assert!(etcdutil::election_key(" ").is_err());
+/// ```
 pub fn election_key(election: &str) -> Result<String> {
     let invalid = |expected| Error::InvalidArgument {
         name: "ElectionConfig.election",
@@ -145,6 +177,14 @@ pub fn election_key(election: &str) -> Result<String> {
 }
 
 /// A leader as etcd reports it.
+///
+/// ```no_run
+/// # async fn f(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// if let Some(leader) = etcdutil::leader(&client, "jobs").await? {
+///     println!("{} leads (key {}, fencing token {})", leader.data, leader.key, leader.rev);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leader {
     /// Its key, `/elections/<name>/<lease hex>`.

@@ -13,9 +13,19 @@ use tonic::{Code, Status};
 use crate::config::ConfigError;
 
 /// Result with this crate's [`Error`].
+///
+/// ```
+/// fn check(ttl: i64) -> etcdutil::Result<i64> {
+///     Ok(ttl)
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A shared, clonable error from below this crate (I/O, transport, TLS).
+///
+/// ```
+/// let io: etcdutil::SharedError = std::sync::Arc::new(std::io::Error::other("reset"));
+/// ```
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong talking to etcd.
@@ -127,6 +137,11 @@ pub enum Error {
 
 impl Error {
     /// The gRPC status etcd answered with, if this error is one.
+    ///
+    /// ```
+    /// let err = etcdutil::Error::from(tonic::Status::unavailable("etcdserver: no leader"));
+    /// assert_eq!(err.status().map(|s| s.code()), Some(tonic::Code::Unavailable));
+    /// ```
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::Auth { source, .. } => Some(source),

@@ -22,15 +22,39 @@ mod generated {
         unreachable_pub
     )]
 
+    /// etcd's KV, Watch, Lease, Cluster, Maintenance and Auth services and their messages (`rpc.proto`).
+    ///
+    /// ```
+    /// use etcdutil::proto::etcdserverpb::{PutRequest, kv_client::KvClient};
+    /// let put = PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    /// ```
     pub mod etcdserverpb {
         include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     }
+    /// Stored keys and watch events (`kv.proto`).
+    ///
+    /// ```
+    /// use etcdutil::proto::mvccpb::KeyValue;
+    /// let kv = KeyValue { key: b"k".to_vec(), create_revision: 7, ..Default::default() };
+    /// ```
     pub mod mvccpb {
         include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
     }
+    /// Users, roles and permissions (`auth.proto`).
+    ///
+    /// ```
+    /// use etcdutil::proto::authpb::{Permission, permission::Type};
+    /// let read = Permission { perm_type: Type::Read as i32, key: b"/jobs/".to_vec(), range_end: b"/jobs0".to_vec() };
+    /// ```
     pub mod authpb {
         include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
     }
+    /// etcd's server-side Election service: Campaign, Proclaim, Leader, Observe, Resign (`v3election.proto`).
+    ///
+    /// ```
+    /// use etcdutil::proto::v3electionpb::LeaderRequest;
+    /// let request = LeaderRequest { name: b"/elections/jobs".to_vec() };
+    /// ```
     pub mod v3electionpb {
         include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
     }

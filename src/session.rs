@@ -30,12 +30,26 @@ use crate::keepalive::LeaseEvent;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
 
 /// The lease id reported when the session holds no lease.
+///
+/// ```no_run
+/// # fn f(session: &etcdutil::Session) {
+/// let holding = session.lease_id() != etcdutil::NO_LEASE;
+/// # }
+/// ```
 pub const NO_LEASE: i64 = -1;
 
 /// The TTL used when [`SessionConfig::ttl`] is 0, in seconds.
+///
+/// ```
+/// assert_eq!(etcdutil::DEFAULT_SESSION_TTL, 30);
+/// ```
 pub const DEFAULT_SESSION_TTL: i64 = 30;
 
 /// The largest TTL etcd grants (its `MaxLeaseTTL`), in seconds.
+///
+/// ```
+/// let ttl = 86_400.min(etcdutil::MAX_LEASE_TTL);
+/// ```
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// Retry after a failed grant: from 500 ms, doubling, up to the TTL.
@@ -44,6 +58,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Called with the lease id on every gain, and with [`NO_LEASE`] (and the
 /// error that caused it, if any) on every loss. Calls never overlap and come
 /// in order.
+///
+/// ```
+/// let observer: etcdutil::SessionObserver = std::sync::Arc::new(|lease, err| {
+///     if lease == etcdutil::NO_LEASE { eprintln!("lost: {err:?}") }
+/// });
+/// ```
 pub type SessionObserver = Arc<dyn Fn(i64, Option<Error>) + Send + Sync>;
 
 /// How to run a [`Session`].

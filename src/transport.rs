@@ -74,6 +74,13 @@ struct Shared {
 /// The HTTP/2 channel under every raw client (a `tower::Service`): sends each
 /// call to the current etcd member, fails over to the next, adds the auth
 /// token and renews it, and logs each call's method in the wire log.
+///
+/// ```no_run
+/// # fn f(client: &etcdutil::Client) {
+/// let transport: etcdutil::Transport = client.transport();
+/// println!("calls go to {}", transport.current_endpoint());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Transport {
     shared: Arc<Shared>,
@@ -134,6 +141,12 @@ impl Transport {
     }
 
     /// The endpoint calls go to now.
+    ///
+    /// ```no_run
+    /// # fn f(client: &etcdutil::Client) {
+    /// println!("{}", client.transport().current_endpoint());
+    /// # }
+    /// ```
     pub fn current_endpoint(&self) -> &Uri {
         &self.shared.uris[self.shared.current.load(Ordering::SeqCst)]
     }

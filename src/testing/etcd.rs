@@ -17,6 +17,11 @@ use crate::{Config, TlsConfig};
 
 /// Environment variable naming the etcd binary to run; `etcd` from `PATH`
 /// when unset or empty.
+///
+/// ```no_run
+/// // ETCD_BIN=/opt/etcd-3.5/etcd cargo test
+/// let etcd_binary = std::env::var(etcdutil::testing::ETCD_BIN).unwrap_or_else(|_| "etcd".into());
+/// ```
 pub const ETCD_BIN: &str = "ETCD_BIN";
 
 /// How many lines of etcd's output are kept for diagnostics.
