@@ -26,11 +26,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::metadata::MetadataValue;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::keepalive::REQUIRE_LEADER;
 use crate::proto::etcdserverpb::{
     Compare, PutRequest, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
@@ -39,6 +37,7 @@ use crate::proto::v3electionpb::{
     CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
 };
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl};
+use crate::transport::require_leader;
 
 /// Where elections live in etcd's key space.
 ///
@@ -257,13 +256,9 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
 async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender<Result<Leader>>) {
     let mut renewed_last = false;
     loop {
-        let mut request = tonic::Request::new(LeaderRequest {
+        let request = require_leader(LeaderRequest {
             name: name.clone().into_bytes(),
         });
-        request.metadata_mut().insert(
-            REQUIRE_LEADER.0,
-            MetadataValue::from_static(REQUIRE_LEADER.1),
-        );
         let mut election = client.election();
         let token = client.transport_ref().token();
         let failure: Error = tokio::select! {
@@ -615,13 +610,7 @@ impl Election {
     pub async fn txn_if_leader(&self, txn: TxnRequest) -> Result<TxnResponse> {
         let term = self.leader_key().ok_or(Error::NotLeader)?;
         let fenced = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Create as i32,
-                key: term.key,
-                target_union: Some(compare::TargetUnion::CreateRevision(term.rev)),
-                range_end: vec![],
-            }],
+            compare: vec![created_at(term.key, term.rev)],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestTxn(txn)),
             }],
@@ -829,13 +818,7 @@ impl Task {
     fn enter_after(&self, delay: Duration) -> Campaign {
         let mut kv = self.client.kv();
         let key = self.our_key(self.lease).into_bytes();
-        let absent = Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Create as i32,
-            key: key.clone(),
-            target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            range_end: vec![],
-        };
+        let absent = created_at(key.clone(), 0);
         let put = PutRequest {
             key,
             value: self.candidate.clone().into_bytes(),
@@ -865,12 +848,7 @@ impl Task {
             value: self.candidate.clone().into_bytes(),
         };
         Box::pin(async move {
-            let mut request = tonic::Request::new(request);
-            request.metadata_mut().insert(
-                REQUIRE_LEADER.0,
-                MetadataValue::from_static(REQUIRE_LEADER.1),
-            );
-            election.campaign(request).await?;
+            election.campaign(require_leader(request)).await?;
             Ok(Step::Returned)
         })
     }
@@ -946,6 +924,17 @@ impl Task {
         }
         self.last = Some(now);
         self.shared.emit(event);
+    }
+}
+
+/// A Txn compare: `key` was created at revision `rev` (0: does not exist).
+fn created_at(key: Vec<u8>, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key,
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        range_end: vec![],
     }
 }
 

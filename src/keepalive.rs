@@ -11,17 +11,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
 };
-use crate::transport::Transport;
-
-/// etcd's require-leader metadata: a member cut off from its cluster's leader
-/// fails the stream instead of answering for a lease it cannot renew.
-pub(crate) const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
+use crate::transport::{Transport, require_leader};
 
 /// What the keeper tells a lease's owner.
 #[derive(Debug)]
@@ -202,11 +197,7 @@ impl Keeper {
         let mut client = LeaseClient::new(self.transport.clone());
         let token = self.transport.token();
         tokio::spawn(async move {
-            let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-            request.metadata_mut().insert(
-                REQUIRE_LEADER.0,
-                MetadataValue::from_static(REQUIRE_LEADER.1),
-            );
+            let request = require_leader(ReceiverStream::new(outgoing));
             // etcd sends the response headers with its first answer, so this
             // resolves only once the first request has been answered.
             let mut stream = match client.lease_keep_alive(request).await {

@@ -37,6 +37,16 @@ use crate::proto::etcdserverpb::{
 };
 use crate::wire;
 
+/// A request for a long-lived stream, with etcd's require-leader metadata:
+/// a member cut off from its cluster's leader then fails the stream instead
+/// of serving it from a state it cannot update.
+pub(crate) fn require_leader<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let has_leader = tonic::metadata::MetadataValue::from_static("true");
+    request.metadata_mut().insert("hasleader", has_leader);
+    request
+}
+
 /// The metadata key etcd reads the auth token from.
 const TOKEN_HEADER: &str = "token";
 
