@@ -383,9 +383,7 @@ impl Transport {
                 request.headers_mut().insert(TOKEN_HEADER, token);
             }
             let response = channel.call(request).await;
-            if let Err(error) = &response
-                && never_sent(error)
-            {
+            if response.is_err() {
                 self.failover_from(index);
             }
             return response.map_err(Into::into);
@@ -423,10 +421,13 @@ impl Transport {
             let token = self.token();
             match channel.call(rebuild(token.clone())).await {
                 Err(error) => {
+                    // A broken connection says the member is gone: later
+                    // calls go to the next. Only a call that never left is
+                    // sent again (one that did might have been applied).
+                    self.failover_from(index);
                     if !never_sent(&error) {
                         return Err(error.into());
                     }
-                    self.failover_from(index);
                     members_tried += 1;
                     if members_tried >= self.shared.channels.len() {
                         return Err(error.into());
