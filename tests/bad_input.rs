@@ -17,7 +17,7 @@ use common::*;
 use etcdutil::proto::authpb::{Permission, permission};
 use etcdutil::proto::etcdserverpb::{
     AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-    AuthUserGrantRoleRequest, LeaseLeasesRequest, PutRequest, RangeRequest,
+    AuthUserGrantRoleRequest, PutRequest,
 };
 use etcdutil::testing::Etcd;
 use etcdutil::{
@@ -26,17 +26,6 @@ use etcdutil::{
 };
 
 // ---------------------------------------------------------------- helpers
-
-/// Every message of `err`'s chain: itself, its source, the source's source...
-fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        messages.push(cause.to_string());
-        source = cause.source();
-    }
-    messages
-}
 
 /// Fills a config from `vars` alone, as `new_client` would from the environment.
 fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -67,49 +56,15 @@ async fn connect_config_error(config: Config) -> ConfigError {
     config_error.clone()
 }
 
-/// The keys of the whole keyspace.
-async fn all_keys(client: &Client) -> Vec<String> {
-    let range = RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        keys_only: true,
-        ..Default::default()
-    };
-    client
-        .kv()
-        .range(range)
-        .await
-        .expect("Range over the whole keyspace")
-        .into_inner()
-        .kvs
-        .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect()
-}
-
-/// The ids of every lease etcd holds.
-async fn all_leases(client: &Client) -> Vec<i64> {
-    client
-        .lease()
-        .lease_leases(LeaseLeasesRequest {})
-        .await
-        .expect("LeaseLeases")
-        .into_inner()
-        .leases
-        .iter()
-        .map(|lease| lease.id)
-        .collect()
-}
-
 /// No key but `ours` and no lease at all in etcd, as seen by `client`.
 async fn assert_nothing_left(client: &Client, ours: &[&str]) {
-    let stray: Vec<String> = all_keys(client)
+    let stray: Vec<String> = keys_under(client, "")
         .await
         .into_iter()
         .filter(|key| !ours.contains(&key.as_str()))
         .collect();
     assert!(stray.is_empty(), "keys left behind: {stray:?}");
-    let leases: Vec<String> = all_leases(client)
+    let leases: Vec<String> = lease_ids(client)
         .await
         .iter()
         .map(|id| format!("{id:x}"))
@@ -786,7 +741,7 @@ async fn right_password_connects_and_puts() {
         })
         .await
         .expect("Put as root");
-    assert_eq!(all_keys(&root).await, ["/auth/put"]);
+    assert_eq!(keys_under(&root, "").await, ["/auth/put"]);
     assert_nothing_left(&root, &["/auth/put"]).await;
 
     // Without credentials, the same etcd refuses the Put.

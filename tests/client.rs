@@ -17,41 +17,6 @@ use etcdutil::{Client, Config, Error, TlsConfig};
 
 // ---------------------------------------------------------------- helpers
 
-/// Every message of `err`'s chain: itself, its source, the source's source...
-fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        messages.push(cause.to_string());
-        source = cause.source();
-    }
-    messages
-}
-
-/// The keys and values of the whole keyspace, in key order.
-async fn everything(client: &Client) -> Vec<(String, String)> {
-    let range = RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        ..Default::default()
-    };
-    client
-        .kv()
-        .range(range)
-        .await
-        .expect("Range over the whole keyspace")
-        .into_inner()
-        .kvs
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.key).into_owned(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            )
-        })
-        .collect()
-}
-
 /// No lease at all in etcd.
 async fn assert_no_lease(client: &Client) {
     let leases = client
@@ -87,7 +52,7 @@ async fn put_and_range(client: &Client) {
     assert_eq!(range.count, 1);
     assert_eq!(range.kvs[0].value, b"v");
     assert_eq!(
-        everything(client).await,
+        kvs_under(client, "").await,
         [("/client/k".to_owned(), "v".to_owned())]
     );
     assert_no_lease(client).await;
@@ -180,7 +145,7 @@ async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
     assert_eq!(deleted.prev_kvs.len(), 2);
 
     assert_eq!(
-        everything(&client).await,
+        kvs_under(&client, "").await,
         [("/plain/c".to_owned(), "3".to_owned())]
     );
     assert_no_lease(&client).await;
@@ -288,7 +253,7 @@ async fn tls_with_a_wrong_ca_fails_naming_the_certificate_problem() {
     );
     // The right CA still works: nothing was left behind by the failed attempt.
     let client = client(&etcd).await;
-    assert!(everything(&client).await.is_empty());
+    assert!(kvs_under(&client, "").await.is_empty());
     assert_no_lease(&client).await;
 }
 

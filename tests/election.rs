@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcdutil::proto::etcdserverpb::{
-    LeaseLeasesRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
-};
+use etcdutil::proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
 use etcdutil::{
-    Client, Election, ElectionConfig, ElectionEvent, Error, EventObserver, new_election,
-    new_election_async,
+    Election, ElectionConfig, ElectionEvent, Error, EventObserver, new_election, new_election_async,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -60,33 +57,6 @@ async fn until(
         Ok(event) => event,
         Err(_) => panic!("timed out after {secs} s waiting for {what}; skipped {skipped:#?}"),
     }
-}
-
-async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
-    let mut range_end = prefix.as_bytes().to_vec();
-    *range_end.last_mut().unwrap() += 1;
-    let request = RangeRequest {
-        key: prefix.as_bytes().to_vec(),
-        range_end,
-        ..Default::default()
-    };
-    let response = client.kv().range(request).await.unwrap().into_inner();
-    response
-        .kvs
-        .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect()
-}
-
-async fn lease_count(client: &Client) -> usize {
-    client
-        .lease()
-        .lease_leases(LeaseLeasesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .leases
-        .len()
 }
 
 async fn assert_closing_events(events: &mut mpsc::UnboundedReceiver<ElectionEvent>) {
@@ -138,7 +108,7 @@ async fn lone_candidate_leads_and_is_not_leader_after_close() {
         keys_under(&client, "/elections/").await.is_empty(),
         "no key left"
     );
-    assert_eq!(lease_count(&client).await, 0, "no lease left");
+    assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no lease left");
 }
 
 #[tokio::test]
@@ -467,7 +437,7 @@ async fn dropping_an_election_leaves_no_key_behind() {
     })
     .await;
     eventually(5.0, "the lease is gone", || async {
-        lease_count(&client).await == 0
+        lease_ids(&client).await.is_empty()
     })
     .await;
 }
@@ -494,7 +464,7 @@ async fn dropping_new_election_while_it_waits_withdraws_the_candidacy() {
     proxy.restore().await.unwrap();
     // Whatever reached etcd is withdrawn: no key, and the lease is revoked or expires.
     eventually(8.0, "no key and no lease left", || async {
-        keys_under(&client, &prefix).await.is_empty() && lease_count(&client).await == 0
+        keys_under(&client, &prefix).await.is_empty() && lease_ids(&client).await.is_empty()
     })
     .await;
 }
@@ -558,7 +528,7 @@ async fn bad_election_config_is_refused_and_leaves_nothing() {
         ),
         "{err}"
     );
-    assert_eq!(lease_count(&client).await, 0, "no stray lease");
+    assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no stray lease");
     assert!(
         keys_under(&client, "/elections/").await.is_empty(),
         "no stray key"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcdutil::proto::etcdserverpb::LeaseTimeToLiveRequest;
+use etcdutil::proto::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest};
 use etcdutil::testing::{Etcd, Proxy};
 use etcdutil::{Client, Config, Error, NO_LEASE, SessionObserver};
 use tokio::sync::mpsc;
@@ -68,6 +68,65 @@ where
         }
     })
     .await
+}
+
+/// Every message of `err`'s chain: itself, its source, the source's source...
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut messages = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        messages.push(cause.to_string());
+        source = cause.source();
+    }
+    messages
+}
+
+/// The keys and values under `prefix` (all of them for `""`), in key order.
+pub async fn kvs_under(client: &Client, prefix: &str) -> Vec<(String, String)> {
+    let (key, range_end) = match prefix.as_bytes() {
+        [] => (vec![0], vec![0]),
+        prefix => {
+            let mut end = prefix.to_vec();
+            *end.last_mut().unwrap() += 1;
+            (prefix.to_vec(), end)
+        }
+    };
+    let range = RangeRequest {
+        key,
+        range_end,
+        ..Default::default()
+    };
+    let response = client.kv().range(range).await.expect("Range").into_inner();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    response
+        .kvs
+        .iter()
+        .map(|kv| (text(&kv.key), text(&kv.value)))
+        .collect()
+}
+
+/// The keys under `prefix` (all of them for `""`), in key order.
+pub async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
+    kvs_under(client, prefix)
+        .await
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// The ids of every lease etcd holds.
+pub async fn lease_ids(client: &Client) -> Vec<i64> {
+    let leases = client
+        .lease()
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("LeaseLeases");
+    leases
+        .into_inner()
+        .leases
+        .iter()
+        .map(|lease| lease.id)
+        .collect()
 }
 
 /// The TTL etcd reports for a lease: -1 once it is gone.
