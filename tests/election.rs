@@ -528,7 +528,11 @@ async fn bad_election_config_is_refused_and_leaves_nothing() {
         ),
         "{err}"
     );
-    assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no stray lease");
+    assert_eq!(
+        lease_ids(&client).await,
+        Vec::<i64>::new(),
+        "no stray lease"
+    );
     assert!(
         keys_under(&client, "/elections/").await.is_empty(),
         "no stray key"
@@ -617,3 +621,27 @@ async fn interop_with_etcdctl_elect() {
 
 #[allow(dead_code)]
 fn assert_object_safe(_: Arc<dyn etcdutil::LeaderElector>, _: &Election) {}
+
+#[tokio::test]
+async fn back_in_the_race_after_etcd_restarts() {
+    let mut etcd = etcd().await;
+    let client = client(&etcd).await;
+    let (observer, mut events) = recorder();
+    let election = new_election(&client, config(&unique("restart"), "a", 2, observer))
+        .await
+        .unwrap();
+    assert!(election.is_leader());
+    etcd.kill().unwrap();
+    until(&mut events, 5.0, "not leader once etcd is gone", |e| {
+        !e.is_leader
+    })
+    .await;
+    assert!(!election.is_leader());
+    etcd.restart().await.expect("restart etcd");
+    until(&mut events, 10.0, "leader again after the restart", |e| {
+        e.is_leader
+    })
+    .await;
+    assert!(election.is_leader());
+    election.close().await;
+}
