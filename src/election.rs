@@ -753,11 +753,10 @@ impl Task {
         self.entered = false;
         self.campaigned = false;
         if lease == NO_LEASE {
-            let error = error.unwrap_or(Error::StreamEnded {
-                stream: "LeaseKeepAlive",
-            });
+            // We stepped down in the session's observer already; say so, with
+            // the cause if there was one (a reset has none).
             self.emit(ElectionEvent {
-                err: Some(error),
+                err: error,
                 ..ElectionEvent::default()
             });
         }
