@@ -462,7 +462,6 @@ impl Election {
         )?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (observed_tx, observed) = mpsc::unbounded_channel();
-        tokio::spawn(run_observe(client.clone(), name.clone(), observed_tx));
         let (done_tx, done) = watch::channel(false);
         let task = Task {
             client: client.clone(),
@@ -476,6 +475,7 @@ impl Election {
             stale_below: 0,
             last: None,
             entered: false,
+            observer: Some(observed_tx),
             campaigned: false,
             announced: false,
             held_back: None,
@@ -682,6 +682,11 @@ struct Task {
     last: Option<(bool, String, String)>,
     /// Whether our key for the current lease is in etcd.
     entered: bool,
+    /// Where Observe reports to, until it is started: once our key is in.
+    /// Observe then finds the leader with its first read; started earlier,
+    /// it would wait on a watch that etcd may only catch up with on its
+    /// 100 ms sync tick, delaying the first outcome by up to that.
+    observer: Option<mpsc::UnboundedSender<Result<Leader>>>,
     /// Whether etcd's Campaign returned and Observe has not yet shown another
     /// leader since: campaigning again would only repeat it.
     campaigned: bool,
@@ -718,6 +723,9 @@ impl Task {
                     match outcome {
                         Ok(Step::Entered) => {
                             self.entered = true;
+                            if let Some(observer) = self.observer.take() {
+                                tokio::spawn(run_observe(self.client.clone(), self.name.clone(), observer));
+                            }
                             if let Some(leader) = self.held_back.take() {
                                 self.on_leader(leader);
                             }
