@@ -30,7 +30,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    Compare, PutRequest, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse, compare,
+    range_request, request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{
@@ -194,15 +195,19 @@ pub struct Leader {
     pub rev: i64,
     /// The lease the key is attached to.
     pub lease: i64,
+    /// The etcd revision this report is current as of: a report as of a
+    /// later revision supersedes it.
+    pub as_of_rev: i64,
 }
 
-impl From<KeyValue> for Leader {
-    fn from(kv: KeyValue) -> Self {
+impl Leader {
+    fn new(kv: KeyValue, header: Option<ResponseHeader>) -> Leader {
         Leader {
             key: String::from_utf8_lossy(&kv.key).into_owned(),
             data: String::from_utf8_lossy(&kv.value).into_owned(),
             rev: kv.create_revision,
             lease: kv.lease,
+            as_of_rev: header.map_or(kv.mod_revision, |h| h.revision),
         }
     }
 }
@@ -224,7 +229,10 @@ pub async fn leader(client: &Client, election: &str) -> Result<Option<Leader>> {
 async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
     let name = name.into_bytes();
     match client.election().leader(LeaderRequest { name }).await {
-        Ok(response) => Ok(response.into_inner().kv.map(Leader::from)),
+        Ok(response) => {
+            let response = response.into_inner();
+            Ok(response.kv.map(|kv| Leader::new(kv, response.header)))
+        }
         Err(status) => match Error::from(status) {
             Error::ElectionNoLeader(_) => Ok(None),
             error => Err(error),
@@ -269,7 +277,7 @@ async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender
                     match stream.message().await? {
                         Some(response) => {
                             if let Some(kv) = response.kv {
-                                let _ = sender.send(Ok(Leader::from(kv)));
+                                let _ = sender.send(Ok(Leader::new(kv, response.header)));
                             }
                         }
                         None => return Err::<(), _>(Error::StreamEnded { stream: "Observe" }),
@@ -472,7 +480,7 @@ impl Election {
             session,
             lease: NO_LEASE,
             campaign: None,
-            stale_below: 0,
+            as_of_rev: 0,
             last: None,
             entered: false,
             observer: Some(observed_tx),
@@ -657,8 +665,8 @@ impl Drop for Election {
 
 /// How far a campaign got.
 enum Step {
-    /// Our key is in etcd: we are in the race.
-    Entered,
+    /// Our key is in etcd: we are in the race, behind (or as) this leader.
+    Entered(Option<Leader>),
     /// etcd's Campaign returned (leadership itself is decided by Observe).
     Returned,
 }
@@ -675,9 +683,10 @@ struct Task {
     /// The lease our candidacy stands on, or NO_LEASE.
     lease: i64,
     campaign: Option<Campaign>,
-    /// Our keys created below this revision are dead (we resigned them), so an
-    /// Observe message still showing one is stale.
-    stale_below: i64,
+    /// The newest etcd revision our view of the election is current as of:
+    /// an Observe message from before it (say, still showing the key we just
+    /// resigned) is stale and ignored.
+    as_of_rev: i64,
     /// The last (is_leader, key, data) emitted, to report only changes.
     last: Option<(bool, String, String)>,
     /// Whether our key for the current lease is in etcd.
@@ -721,12 +730,12 @@ impl Task {
                 outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
                     self.campaign = None;
                     match outcome {
-                        Ok(Step::Entered) => {
+                        Ok(Step::Entered(leader)) => {
                             self.entered = true;
                             if let Some(observer) = self.observer.take() {
                                 tokio::spawn(run_observe(self.client.clone(), self.name.clone(), observer));
                             }
-                            if let Some(leader) = self.held_back.take() {
+                            for leader in [self.held_back.take(), leader].into_iter().flatten() {
                                 self.on_leader(leader);
                             }
                             self.campaign = Some(self.campaign_rpc());
@@ -773,8 +782,11 @@ impl Task {
     fn on_leader(&mut self, leader: Leader) {
         let ours = leader.key == self.our_key(self.lease)
             && leader.lease == self.lease
-            && self.lease != NO_LEASE
-            && leader.rev >= self.stale_below;
+            && self.lease != NO_LEASE;
+        if leader.as_of_rev < self.as_of_rev {
+            return;
+        }
+        self.as_of_rev = leader.as_of_rev;
         if !self.announced && !ours && !self.entered {
             self.held_back = Some(leader);
             return;
@@ -821,7 +833,8 @@ impl Task {
     }
 
     /// Puts our key if it is not there, as the first step of etcd's Campaign
-    /// does, so that we know when we are in the race.
+    /// does, so that we know when we are in the race; and in the same Txn
+    /// reads who leads (the oldest key), so the first outcome costs no more.
     fn enter_after(&self, delay: Duration) -> Campaign {
         let mut kv = self.client.kv();
         let key = self.our_key(self.lease).into_bytes();
@@ -832,17 +845,46 @@ impl Task {
             lease: self.lease,
             ..Default::default()
         };
+        let prefix = format!("{}/", self.name).into_bytes();
+        let mut prefix_end = prefix.clone();
+        *prefix_end.last_mut().expect("not empty") += 1;
+        let oldest = RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: prefix,
+                range_end: prefix_end,
+                limit: 1,
+                sort_order: range_request::SortOrder::Ascend as i32,
+                sort_target: range_request::SortTarget::Create as i32,
+                ..Default::default()
+            })),
+        };
         let txn = TxnRequest {
             compare: vec![absent],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestPut(put)),
-            }],
-            failure: vec![],
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(put)),
+                },
+                oldest.clone(),
+            ],
+            failure: vec![oldest],
         };
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            kv.txn(txn).await?;
-            Ok(Step::Entered)
+            if !delay.is_zero() {
+                // (Even a zero sleep waits for the timer's next 1 ms tick.)
+                tokio::time::sleep(delay).await;
+            }
+            let response = kv.txn(txn).await?.into_inner();
+            let header = response.header;
+            let leader = match response
+                .responses
+                .into_iter()
+                .last()
+                .and_then(|r| r.response)
+            {
+                Some(response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+                _ => None,
+            };
+            Ok(Step::Entered(leader.map(|kv| Leader::new(kv, header))))
         })
     }
 
@@ -868,9 +910,6 @@ impl Task {
             .clone()
             .filter(|_| self.shared.is_leader.load(Ordering::SeqCst));
         self.shared.step_down(&mut state);
-        if let Some(term) = &term {
-            self.stale_below = self.stale_below.max(term.rev + 1);
-        }
         term
     }
 
@@ -880,11 +919,15 @@ impl Task {
         };
         self.emit(ElectionEvent::default());
         self.campaigned = false;
-        if let Err(error) = resign(&self.client, term, self.ttl / 2).await {
-            // Our key may still hold the office, and we no longer take it for
-            // ours: give up the lease, so the key goes and we start over.
-            self.session.reset();
-            return Err(error);
+        match resign(&self.client, term, self.ttl / 2).await {
+            // Observe messages from before the Resign would show our old key.
+            Ok(revision) => self.as_of_rev = self.as_of_rev.max(revision),
+            Err(error) => {
+                // Our key may still hold the office, and we no longer take it
+                // for ours: give up the lease, so the key goes and we start over.
+                self.session.reset();
+                return Err(error);
+            }
         }
         Ok(true)
     }
@@ -946,11 +989,15 @@ fn created_at(key: Vec<u8>, rev: i64) -> Compare {
 }
 
 /// Ends a term: deletes the leader key if its create revision is still the term's.
-async fn resign(client: &Client, term: LeaderKey, limit: Duration) -> Result<()> {
+/// Returns the revision etcd answered at.
+async fn resign(client: &Client, term: LeaderKey, limit: Duration) -> Result<i64> {
     let mut election = client.election();
     let resign = election.resign(ResignRequest { leader: Some(term) });
     match tokio::time::timeout(limit, resign).await {
-        Ok(result) => result.map(drop).map_err(Error::from),
+        Ok(result) => {
+            let response = result?.into_inner();
+            Ok(response.header.map_or(0, |h| h.revision))
+        }
         Err(_) => Err(Error::Timeout {
             what: "Resign",
             after: limit,
