@@ -47,7 +47,12 @@ struct Inner {
     config: Config,
     transport: Transport,
     keepalive: KeepAlive,
+    /// Lease grants in flight at once (see `session::grant`).
+    grants: tokio::sync::Semaphore,
 }
+
+/// How many LeaseGrants one client has in flight at once.
+const GRANTS_IN_FLIGHT: usize = 64;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,8 +116,18 @@ impl Client {
                 config,
                 transport,
                 keepalive,
+                grants: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
             }),
         })
+    }
+
+    /// A turn to grant a lease.
+    pub(crate) async fn grant_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .grants
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// The keepalive stream shared by all sessions of this client.

@@ -6,9 +6,10 @@
 //! lease is lost (see `session.rs` for the deadline rule).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -18,13 +19,55 @@ use crate::proto::etcdserverpb::{
 };
 use crate::transport::{Transport, require_leader};
 
-/// What the keeper tells a lease's owner.
-#[derive(Debug)]
-pub(crate) enum LeaseEvent {
-    /// etcd renewed the lease for `ttl` seconds in answer to the request sent at `sent_at`.
-    Renewed { sent_at: Instant, ttl: i64 },
+/// What the keeper tells a lease's owner. Only the latest news matters (a
+/// newer renewal supersedes an older one, a loss is final), so this is one
+/// small cell per lease rather than a queue: 10,000 sessions add up.
+#[derive(Default)]
+pub(crate) struct LeaseNews {
+    latest: Mutex<Latest>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Latest {
+    /// etcd renewed the lease for `.1` seconds in answer to the request sent at `.0`.
+    renewed: Option<(Instant, i64)>,
     /// The lease is gone (etcd answered TTL <= 0) or the stream failed.
-    Lost(Error),
+    lost: Option<Error>,
+}
+
+impl LeaseNews {
+    fn renewed(&self, sent_at: Instant, ttl: i64) {
+        let mut latest = self.latest.lock().expect("lease news lock");
+        if latest.renewed.is_none_or(|(at, _)| at < sent_at) {
+            latest.renewed = Some((sent_at, ttl));
+        }
+        drop(latest);
+        self.changed.notify_one();
+    }
+
+    fn lost(&self, error: Error) {
+        self.latest
+            .lock()
+            .expect("lease news lock")
+            .lost
+            .get_or_insert(error);
+        self.changed.notify_one();
+    }
+
+    /// Waits for news (at once if some came since the last call).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The news so far: the loss, if any, else the latest renewal not yet taken.
+    pub(crate) fn take(&self) -> Result<Option<(Instant, i64)>, Error> {
+        let mut latest = self.latest.lock().expect("lease news lock");
+        match &latest.lost {
+            Some(error) => Err(error.clone()),
+            None => Ok(latest.renewed.take()),
+        }
+    }
 }
 
 enum Command {
@@ -32,7 +75,7 @@ enum Command {
         id: i64,
         ttl: i64,
         granted_at: Instant,
-        events: mpsc::UnboundedSender<LeaseEvent>,
+        news: Arc<LeaseNews>,
     },
     Remove {
         id: i64,
@@ -55,21 +98,15 @@ impl KeepAlive {
 
     /// Renews lease `id` (granted for `ttl` s by a request sent at
     /// `granted_at`) every `ttl / 3` until [`remove`](Self::remove)d or lost.
-    pub(crate) fn add(
-        &self,
-        id: i64,
-        ttl: i64,
-        granted_at: Instant,
-    ) -> mpsc::UnboundedReceiver<LeaseEvent> {
-        let (events, receiver) = mpsc::unbounded_channel();
-        // If the task is gone the receiver closes, which the owner treats as lost.
+    pub(crate) fn add(&self, id: i64, ttl: i64, granted_at: Instant) -> Arc<LeaseNews> {
+        let news = Arc::new(LeaseNews::default());
         let _ = self.commands.send(Command::Add {
             id,
             ttl,
             granted_at,
-            events,
+            news: news.clone(),
         });
-        receiver
+        news
     }
 
     pub(crate) fn remove(&self, id: i64) {
@@ -85,7 +122,7 @@ fn renew_interval(ttl: i64) -> Duration {
 
 struct Lease {
     ttl: i64,
-    events: mpsc::UnboundedSender<LeaseEvent>,
+    news: Arc<LeaseNews>,
     /// When each unanswered request for this lease was sent; etcd answers a
     /// lease's requests in order, so the front is the one an answer is for.
     in_flight: VecDeque<Instant>,
@@ -130,10 +167,10 @@ impl Keeper {
             let next = self.schedule.first().map(|(at, _)| *at);
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(Command::Add { id, ttl, granted_at, events }) => {
+                    Some(Command::Add { id, ttl, granted_at, news }) => {
                         let next_renewal = granted_at + renew_interval(ttl);
                         self.schedule.insert((next_renewal, id));
-                        let lease = Lease { ttl, events, in_flight: VecDeque::new(), next_renewal };
+                        let lease = Lease { ttl, news, in_flight: VecDeque::new(), next_renewal };
                         if let Some(old) = self.leases.insert(id, lease) {
                             self.schedule.remove(&(old.next_renewal, id));
                         }
@@ -240,15 +277,10 @@ impl Keeper {
                     return;
                 };
                 if response.ttl <= 0 {
-                    let _ = lease
-                        .events
-                        .send(LeaseEvent::Lost(Error::LeaseExpired { lease: id }));
+                    lease.news.lost(Error::LeaseExpired { lease: id });
                     self.forget(id);
                 } else {
-                    let _ = lease.events.send(LeaseEvent::Renewed {
-                        sent_at,
-                        ttl: response.ttl,
-                    });
+                    lease.news.renewed(sent_at, response.ttl);
                 }
             }
             Err((error, token)) => {
@@ -265,7 +297,7 @@ impl Keeper {
                 // The stream is gone: every lease it carried is reported lost,
                 // and the next renewal opens a new stream.
                 for (_, lease) in self.leases.drain() {
-                    let _ = lease.events.send(LeaseEvent::Lost(error.clone()));
+                    lease.news.lost(error.clone());
                 }
                 self.schedule.clear();
             }

@@ -19,14 +19,15 @@
 //! Keepalives go every `TTL / 3`, so two may be lost before the deadline comes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::keepalive::LeaseEvent;
+use crate::keepalive::LeaseNews;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
 
 /// The lease id reported when the session holds no lease.
@@ -145,10 +146,24 @@ enum Command {
 /// # Ok(()) }
 /// ```
 pub struct Session {
-    commands: mpsc::UnboundedSender<Command>,
+    control: Arc<Control>,
     lease: watch::Receiver<i64>,
-    done: watch::Receiver<bool>,
     ttl: i64,
+}
+
+/// What the handle tells its worker, and the worker tells `close()`. Flags
+/// and wake-ups rather than channels: a session is a few hundred bytes, so
+/// 10,000 of them fit in a small service.
+#[derive(Default)]
+struct Control {
+    /// Bumped by every `reset()`.
+    resets: AtomicU64,
+    closed: AtomicBool,
+    /// Handle to worker: look at `resets` and `closed`.
+    wake: Notify,
+    /// Set by the worker as it ends.
+    done: AtomicBool,
+    finished: Notify,
 }
 
 impl std::fmt::Debug for Session {
@@ -175,24 +190,20 @@ impl Session {
     /// ```
     pub fn new(client: &Client, config: SessionConfig) -> Result<Session> {
         let ttl = checked_ttl("SessionConfig.ttl", config.ttl, DEFAULT_SESSION_TTL)?;
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        let control = Arc::new(Control::default());
         let (lease_tx, lease) = watch::channel(NO_LEASE);
-        let (done_tx, done) = watch::channel(false);
         let worker = Worker {
             client: client.clone(),
             ttl,
             observer: config.observer,
             lease: lease_tx,
-            commands: command_rx,
+            control: control.clone(),
+            resets_seen: 0,
         };
-        tokio::spawn(async move {
-            worker.run().await;
-            let _ = done_tx.send(true);
-        });
+        tokio::spawn(worker.run());
         Ok(Session {
-            commands,
+            control,
             lease,
-            done,
             ttl,
         })
     }
@@ -237,7 +248,8 @@ impl Session {
     /// # fn f(session: &etcdutil::Session) { session.reset(); }
     /// ```
     pub fn reset(&self) {
-        let _ = self.commands.send(Command::Reset);
+        self.control.resets.fetch_add(1, Ordering::SeqCst);
+        self.control.wake.notify_one();
     }
 
     /// Stops the keepalive, revokes the lease (waiting at most the TTL), and
@@ -248,16 +260,29 @@ impl Session {
     /// # async fn f(session: etcdutil::Session) { session.close().await; }
     /// ```
     pub async fn close(&self) {
-        let _ = self.commands.send(Command::Close);
-        let mut done = self.done.clone();
-        let _ = done.wait_for(|done| *done).await;
+        self.signal_close();
+        loop {
+            let finished = self.control.finished.notified();
+            tokio::pin!(finished);
+            // Registered before the check, so the worker's wake-up is not missed.
+            finished.as_mut().enable();
+            if self.control.done.load(Ordering::SeqCst) {
+                return;
+            }
+            finished.await;
+        }
+    }
+
+    fn signal_close(&self) {
+        self.control.closed.store(true, Ordering::SeqCst);
+        self.control.wake.notify_one();
     }
 }
 
 impl Drop for Session {
     /// Closes in the background: the task revokes the lease and ends.
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Close);
+        self.signal_close();
     }
 }
 
@@ -273,7 +298,24 @@ struct Worker {
     ttl: i64,
     observer: SessionObserver,
     lease: watch::Sender<i64>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    control: Arc<Control>,
+    resets_seen: u64,
+}
+
+/// The next command to the worker: waits for one.
+async fn next_command(control: &Control, resets_seen: &mut u64) -> Command {
+    loop {
+        if control.closed.load(Ordering::SeqCst) {
+            return Command::Close;
+        }
+        let resets = control.resets.load(Ordering::SeqCst);
+        if resets != *resets_seen {
+            *resets_seen = resets;
+            return Command::Reset;
+        }
+        // A wake-up sent since the check is kept, so none is lost.
+        control.wake.notified().await;
+    }
 }
 
 impl Worker {
@@ -287,15 +329,22 @@ impl Worker {
     }
 
     async fn run(mut self) {
+        self.work().await;
+        self.control.done.store(true, Ordering::SeqCst);
+        self.control.finished.notify_waiters();
+    }
+
+    async fn work(&mut self) {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let granted = tokio::select! {
                 biased;
-                command = self.commands.recv() => match command {
-                    Some(Command::Reset) => continue,
-                    Some(Command::Close) | None => break,
+                command = next_command(&self.control, &mut self.resets_seen) => match command {
+                    Command::Reset => continue,
+                    Command::Close => break,
                 },
-                granted = grant(&self.client, self.ttl) => granted,
+                // Boxed: an idle session's task should not carry a request's buffers.
+                granted = Box::pin(grant(&self.client, self.ttl)) => granted,
             };
             let (id, ttl, sent_at) = match granted {
                 Ok(granted) => granted,
@@ -310,9 +359,9 @@ impl Worker {
                 }
             };
             backoff = FIRST_BACKOFF;
-            let events = self.client.keepalive().add(id, ttl, sent_at);
+            let news = self.client.keepalive().add(id, ttl, sent_at);
             self.report(id, None);
-            let end = self.hold(id, deadline(sent_at, ttl), events).await;
+            let end = self.hold(id, deadline(sent_at, ttl), &news).await;
             self.client.keepalive().remove(id);
             match end {
                 End::Lost(error) => {
@@ -340,33 +389,30 @@ impl Worker {
     async fn pause(&mut self, backoff: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => true,
-            command = self.commands.recv() => matches!(command, Some(Command::Reset)),
+            command = next_command(&self.control, &mut self.resets_seen) => {
+                matches!(command, Command::Reset)
+            }
         }
     }
 
     /// Holds lease `id` until it is lost, reset or closed.
-    async fn hold(
-        &mut self,
-        id: i64,
-        mut deadline: Instant,
-        mut events: mpsc::UnboundedReceiver<LeaseEvent>,
-    ) -> End {
+    async fn hold(&mut self, id: i64, mut deadline: Instant, news: &LeaseNews) -> End {
         loop {
             tokio::select! {
                 biased;
-                command = self.commands.recv() => return match command {
-                    Some(Command::Reset) => End::Reset,
-                    Some(Command::Close) | None => End::Close,
+                command = next_command(&self.control, &mut self.resets_seen) => return match command {
+                    Command::Reset => End::Reset,
+                    Command::Close => End::Close,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     return End::Lost(Error::LeaseDeadline { lease: id, ttl: self.ttl });
                 }
-                event = events.recv() => match event {
-                    Some(LeaseEvent::Renewed { sent_at, ttl }) => {
+                _ = news.changed() => match news.take() {
+                    Ok(Some((sent_at, ttl))) => {
                         deadline = deadline.max(self::deadline(sent_at, ttl));
                     }
-                    Some(LeaseEvent::Lost(error)) => return End::Lost(error),
-                    None => return End::Lost(Error::StreamEnded { stream: "LeaseKeepAlive" }),
+                    Ok(None) => {}
+                    Err(error) => return End::Lost(error),
                 },
             }
         }
@@ -375,6 +421,9 @@ impl Worker {
 
 /// Grants a lease of `ttl` seconds; returns its id, TTL and when the request was sent.
 async fn grant(client: &Client, ttl: i64) -> Result<(i64, i64, Instant)> {
+    // A burst of sessions (10,000 made at once) waits here rather than
+    // flooding etcd, which answers "too many requests" past its queue.
+    let _permit = client.grant_permit().await;
     let sent_at = Instant::now();
     let limit = Duration::from_secs(ttl as u64);
     let request = LeaseGrantRequest { ttl, id: 0 };
