@@ -1,0 +1,1651 @@
+//! Benchmarks of `etcdutil` against a real etcd (the project's issue 6).
+//!
+//! ```sh
+//! cargo run --release --example bench                 # full run: under 10 minutes on 2 cores
+//! BENCH_QUICK=1 cargo run --release --example bench   # smoke run: fewer reps, shorter holds
+//! ETCD3_ENDPOINT=10.0.0.7:2379 cargo run --release --example bench   # your own etcd, one pass
+//! ```
+//!
+//! Without `ETCD3_ENDPOINT` it runs every scenario twice, each time against
+//! a fresh single-member etcd it starts itself (`etcdutil::testing::Etcd`,
+//! data under the system temp dir): once with `--unsafe-no-fsync` (mode
+//! `no-fsync`) and once without (mode `fsync`, etcd's default, an fsync per
+//! commit). With `ETCD3_ENDPOINT` (and the other `ETCD3_*` variables) it
+//! runs once against that etcd (mode `external`), under keys and election
+//! names unique to the run; its keys are deleted at the end.
+//!
+//! It prints two tables, latencies and other figures, each row with its
+//! target and PASS/MISS, and writes the same figures as JSON to
+//! `target/bench.json` (next to `Cargo.toml`; `BENCH_JSON=path` overrides).
+//!
+//! # Scenarios
+//!
+//! Every latency is given as median, p99 (nearest rank: with 10 reps it is
+//! the max) and max over its repetitions, next to the Put baseline measured
+//! against the same etcd in the same run, and as ratios to it.
+//!
+//! 1. **Put baseline**: round trip of one `client.kv().put(..)` (16-byte
+//!    value), sequential, 1,000 puts after 20 unmeasured warm-up puts. It
+//!    is measured again after the election scenarios (row "re-check", no
+//!    target) to show how much the machine drifted meanwhile.
+//! 2. **Graceful handover**, by `close()` and by `concede()`: candidates A
+//!    and B on two separate `Client`s, a fresh election name per rep; A
+//!    wins, B enters behind it, then the time from calling `A.close()` (or
+//!    `A.concede()`) to B's event observer seeing `is_leader: true` (the
+//!    `Instant` is taken inside the observer). 200 reps each. Target:
+//!    median <= 3x the Put baseline.
+//! 3. **Crash failover**, TTL 2 s: the leader's `Client` goes through its own
+//!    fault proxy (`etcdutil::testing::Proxy`), the follower connects
+//!    directly. The proxy is `cut()`: its TCP connections close, as when a
+//!    process crashes, and nothing revokes the lease, so etcd keeps it until
+//!    the TTL runs out. Measured: from just before the cut to the follower's
+//!    `is_leader` event. The cut comes 100 to 766 ms after the follower
+//!    entered (`100 + 251 * rep mod 667` ms, spread over the 667 ms
+//!    keepalive period) so that the reps sample different points of the
+//!    leader's keepalive cycle. 10 reps (3 quick). Target: median <= TTL +
+//!    0.6 s.
+//! 4. **Initial election**: `new_election` on an empty election (fresh name
+//!    per rep) until it resolves; we lead at that point. 200 reps. Target:
+//!    median <= 4x the Put baseline. Each rep starts after an untimed pause
+//!    of `37 * rep mod 100` ms, so that reps land anywhere in etcd's 100 ms
+//!    watch sync cycle as independent callers would, not in lockstep with
+//!    it. (The first outcome no longer waits on a watch: the candidacy's Txn
+//!    reads the leader itself. The pause keeps the measurement honest
+//!    should that change.)
+//! 5. **Keepalive scale**: 10,000 `Session`s (TTL 10 s) on one `Client`
+//!    that reaches etcd through a `Proxy`, all granted, then held for 60 s
+//!    (quick: 1,000 for 10 s). Over the hold: TCP connections the proxy
+//!    holds (max; target 1), VmRSS of this process (max; target <= 64 MiB),
+//!    CPU per second of wall time from `/proc/self/stat` utime+stime (target
+//!    <= 3% of one core), and `NO_LEASE` observer calls after all leases
+//!    were granted (target 0). The scenario runs in a child process (this
+//!    program again, `BENCH_KEEPALIVE_CHILD` set) that does nothing else, so
+//!    that the memory and CPU figures are those of a process holding the
+//!    sessions, not what earlier scenarios or the other pass left behind.
+//!    etcd runs as its own process and is not in these figures; the proxy
+//!    is in the child, so the CPU is also given without the proxy's thread
+//!    (`bench-proxy`, where all proxies run). Also given,
+//!    without targets: the time to grant all leases, how many grants failed
+//!    and were retried by their sessions, and the heap in use (the bytes
+//!    allocated and not yet freed, counted by this program's global
+//!    allocator, a thin wrapper over the system one) before the sessions,
+//!    at its peak while granting, and during the hold; RSS minus heap is
+//!    what the allocator keeps resident after a transient peak.
+//! 6. **Raw KV throughput**: Puts with 1, 16 and 128 requests in flight on
+//!    one `Client` (direct) for 10 s each (quick: 2 s); operations per
+//!    second. No target.
+//!
+//! Order within a pass: 1, 4, 2 (close), 2 (concede), 3, 1 again, 5, 6.
+//! A rep that fails or takes too long is counted in `fail` and turns the
+//! row into a MISS; the first errors of each scenario are listed under the
+//! tables.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcdutil::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, StatusRequest};
+use etcdutil::testing::{Etcd, Proxy};
+use etcdutil::{
+    Client, Config, Election, ElectionConfig, ElectionEvent, EventObserver, NO_LEASE, Session,
+    SessionConfig, SessionObserver, new_election,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = std::result::Result<T, BoxError>;
+
+/// The proxies' runtime thread; its CPU time is reported apart.
+const PROXY_THREAD: &str = "bench-proxy";
+/// Set (to etcd's client address) in the environment of the child process
+/// that runs scenario 5.
+const CHILD_ENV: &str = "BENCH_KEEPALIVE_CHILD";
+/// How the child tells the parent its figures: lines starting with this.
+const CHILD_LINE: &str = "@bench\t";
+/// The value of every Put.
+const VALUE: &[u8] = b"0123456789abcdef";
+/// TTL of the elections of scenarios 2 and 4 (they never wait on it).
+const ELECTION_TTL: i64 = 5;
+/// Limit on one rep of the handover and initial-election scenarios.
+const REP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Give up a scenario after this many failed reps in a row.
+const MAX_FAILURES_IN_A_ROW: usize = 5;
+
+/// The system allocator, counting the bytes in use, so that the keepalive
+/// scenario can tell the heap the sessions hold from what the allocator keeps
+/// resident after a transient peak.
+struct CountingAlloc;
+
+static HEAP_LIVE: AtomicUsize = AtomicUsize::new(0);
+static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn heap_grew(by: usize) {
+    let live = HEAP_LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    HEAP_PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed on to `System` unchanged; only counts are added.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `System`'s.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            heap_grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as above.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            heap_grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP_LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            HEAP_LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            heap_grew(new_size);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+fn heap_live_mib() -> f64 {
+    HEAP_LIVE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
+
+/// How much to do: the full run or `BENCH_QUICK=1`.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    quick: bool,
+    warmup: usize,
+    puts: usize,
+    handover_reps: usize,
+    failover_reps: usize,
+    failover_ttl: i64,
+    initial_reps: usize,
+    sessions: usize,
+    session_ttl: i64,
+    hold: Duration,
+    throughput_for: Duration,
+    in_flight: [usize; 3],
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let full = Params {
+            quick,
+            warmup: 20,
+            puts: 1000,
+            handover_reps: 200,
+            failover_reps: 10,
+            failover_ttl: 2,
+            initial_reps: 200,
+            sessions: 10_000,
+            session_ttl: 10,
+            hold: Duration::from_secs(60),
+            throughput_for: Duration::from_secs(10),
+            in_flight: [1, 16, 128],
+        };
+        if !quick {
+            return full;
+        }
+        Params {
+            puts: 200,
+            handover_reps: 20,
+            failover_reps: 3,
+            initial_reps: 30,
+            sessions: 1000,
+            hold: Duration::from_secs(10),
+            throughput_for: Duration::from_secs(2),
+            ..full
+        }
+    }
+}
+
+/// Which etcd a pass runs against.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// One started here, with or without `--unsafe-no-fsync`.
+    Local { no_fsync: bool },
+    /// `ETCD3_ENDPOINT`.
+    External,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Local { no_fsync: true } => "no-fsync",
+            Mode::Local { no_fsync: false } => "fsync",
+            Mode::External => "external",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Mode::Local { no_fsync: true } => "local etcd started with --unsafe-no-fsync",
+            Mode::Local { no_fsync: false } => "local etcd with fsync (etcd's default)",
+            Mode::External => "external etcd from ETCD3_ENDPOINT (fsync setting unknown)",
+        }
+    }
+
+    /// Whether etcd ran with `--unsafe-no-fsync`, if known.
+    fn no_fsync(self) -> Option<bool> {
+        match self {
+            Mode::Local { no_fsync } => Some(no_fsync),
+            Mode::External => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and results
+
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    n: usize,
+    median: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn stats(samples: &[Duration]) -> Option<Stats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort();
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2
+    };
+    let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
+    Some(Stats {
+        n,
+        median,
+        p99: s[rank - 1],
+        max: s[n - 1],
+    })
+}
+
+/// What a latency row is held to.
+#[derive(Clone, Copy, Debug)]
+enum Goal {
+    /// No target: the baseline itself, or information.
+    Info,
+    /// Median at most this many times the baseline's median.
+    TimesBaseline(f64),
+    /// Median at most this long.
+    AtMost(Duration),
+}
+
+impl Goal {
+    fn describe(self) -> String {
+        match self {
+            Goal::Info => "-".into(),
+            Goal::TimesBaseline(k) => format!("median <= {k}x base"),
+            Goal::AtMost(d) => format!("median <= {:.0} ms", ms(d)),
+        }
+    }
+}
+
+struct LatencyRow {
+    scenario: String,
+    stats: Option<Stats>,
+    attempts: usize,
+    failures: usize,
+    goal: Goal,
+}
+
+impl LatencyRow {
+    fn verdict(&self, baseline: Option<Stats>) -> Option<bool> {
+        let limit = match self.goal {
+            Goal::Info => return None,
+            Goal::TimesBaseline(k) => baseline?.median.mul_f64(k),
+            Goal::AtMost(d) => d,
+        };
+        Some(self.failures == 0 && self.stats.is_some_and(|s| s.median <= limit))
+    }
+}
+
+struct FigureRow {
+    scenario: String,
+    metric: String,
+    value: f64,
+    unit: &'static str,
+    target: String,
+    pass: Option<bool>,
+}
+
+struct ModeReport {
+    mode: Mode,
+    endpoint: String,
+    etcd_version: String,
+    seconds: f64,
+    baseline: Option<Stats>,
+    latencies: Vec<LatencyRow>,
+    figures: Vec<FigureRow>,
+    /// Observations worth knowing that are not failures.
+    notes: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl ModeReport {
+    fn new(mode: Mode) -> ModeReport {
+        ModeReport {
+            mode,
+            endpoint: String::new(),
+            etcd_version: String::new(),
+            seconds: 0.0,
+            baseline: None,
+            latencies: Vec::new(),
+            figures: Vec::new(),
+            notes: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn figure(
+        &mut self,
+        scenario: &str,
+        metric: &str,
+        value: f64,
+        unit: &'static str,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        self.figures.push(FigureRow {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            value,
+            unit,
+            target: target.into(),
+            pass,
+        });
+    }
+
+    fn latency(&mut self, scenario: &str, reps: Reps, goal: Goal) {
+        let errors = reps.errors.len();
+        for (i, error) in reps.errors.iter().enumerate().take(3) {
+            self.errors
+                .push(format!("{scenario}: failure {}/{errors}: {error}", i + 1));
+        }
+        self.latencies.push(LatencyRow {
+            scenario: scenario.into(),
+            stats: stats(&reps.samples),
+            attempts: reps.samples.len() + errors,
+            failures: errors,
+            goal,
+        });
+    }
+}
+
+/// The outcome of a repeated measurement.
+#[derive(Default)]
+struct Reps {
+    samples: Vec<Duration>,
+    errors: Vec<String>,
+}
+
+/// Runs `rep(0..n)` one after the other, each bounded by `limit`, and
+/// collects the durations it returns; stops early if the reps keep failing.
+async fn repeat(
+    n: usize,
+    limit: Duration,
+    mut rep: impl AsyncFnMut(usize) -> Res<Duration>,
+) -> Reps {
+    let mut reps = Reps::default();
+    let mut in_a_row = 0;
+    for i in 0..n {
+        match tokio::time::timeout(limit, rep(i)).await {
+            Ok(Ok(d)) => {
+                reps.samples.push(d);
+                in_a_row = 0;
+                continue;
+            }
+            Ok(Err(e)) => reps.errors.push(format!("rep {i}: {e}")),
+            Err(_) => reps
+                .errors
+                .push(format!("rep {i}: no result within {limit:?}")),
+        }
+        in_a_row += 1;
+        if in_a_row >= MAX_FAILURES_IN_A_ROW {
+            reps.errors.push(format!(
+                "gave up after {in_a_row} failed reps in a row ({} of {n} attempted)",
+                i + 1
+            ));
+            break;
+        }
+    }
+    reps
+}
+
+// ---------------------------------------------------------------------------
+// The process: CPU, memory
+
+/// CPU time, in clock ticks, of the process and of its proxy thread.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    process: u64,
+    proxy: u64,
+}
+
+/// utime + stime of a `/proc/.../stat` file, and the thread or process name.
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    // Fields after the name start at field 3 (state); utime is 14, stime 15.
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu {
+        process: stat_ticks("/proc/self/stat").map_or(0, |(_, t)| t),
+        ..Cpu::default()
+    };
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let path = task.path().join("stat");
+            let Some((name, ticks)) = stat_ticks(&path.to_string_lossy()) else {
+                continue;
+            };
+            if name == PROXY_THREAD {
+                cpu.proxy += ticks;
+            }
+        }
+    }
+    cpu
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|&t| t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// A `kB` line of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------------------
+// Proxies on a thread of their own
+
+/// A single-threaded runtime on the thread [`PROXY_THREAD`], where every
+/// proxy's tasks run, so that their CPU time can be told apart.
+struct ProxyRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl ProxyRuntime {
+    fn start() -> Res<ProxyRuntime> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(PROXY_THREAD.into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the proxies' runtime");
+                let _ = handle_tx.send(runtime.handle().clone());
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(ProxyRuntime {
+            handle: handle_rx.recv()?,
+            _stop: stop,
+        })
+    }
+
+    /// A proxy to `target` whose tasks run on the proxy thread. (Only `cut`
+    /// is used: `restore` after a cut would spawn on the caller's runtime.)
+    async fn proxy(&self, target: SocketAddr) -> Res<Proxy> {
+        Ok(self.handle.spawn(Proxy::start(target)).await??)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// What each pass needs.
+struct Ctx<'a> {
+    p: Params,
+    /// Settings to reach etcd directly.
+    base: Config,
+    /// etcd's client address, for proxies.
+    target: SocketAddr,
+    proxies: &'a ProxyRuntime,
+    /// Unique to this pass: key prefix and election-name prefix.
+    prefix: String,
+}
+
+impl Ctx<'_> {
+    fn via(&self, addr: SocketAddr) -> Config {
+        let mut config = self.base.clone();
+        config.endpoints = vec![addr.to_string()];
+        config
+    }
+
+    fn election(
+        &self,
+        name: &str,
+        candidate: &str,
+        ttl: i64,
+        observer: Option<EventObserver>,
+    ) -> ElectionConfig {
+        ElectionConfig {
+            event_observer: observer,
+            election: format!("{}/{name}", self.prefix),
+            candidate: candidate.into(),
+            ttl,
+        }
+    }
+
+    fn key(&self, name: &str) -> Vec<u8> {
+        format!("/{}/{name}", self.prefix).into_bytes()
+    }
+}
+
+fn put(key: &[u8]) -> PutRequest {
+    PutRequest {
+        key: key.to_vec(),
+        value: VALUE.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An observer that records when its candidate first sees itself lead.
+fn leader_stamp() -> (EventObserver, oneshot::Receiver<Instant>) {
+    let (tx, rx) = oneshot::channel();
+    let slot = Mutex::new(Some(tx));
+    let observer: EventObserver = Arc::new(move |event: ElectionEvent| {
+        if event.is_leader {
+            let at = Instant::now();
+            if let Some(tx) = slot.lock().expect("stamp lock").take() {
+                let _ = tx.send(at);
+            }
+        }
+    });
+    (observer, rx)
+}
+
+/// Waits until `election` leads, for at most `limit`.
+async fn wait_leader(election: &Election, limit: Duration) -> Res<()> {
+    let mut events = election.subscribe();
+    if election.is_leader() {
+        return Ok(());
+    }
+    let wait = async {
+        while let Some(event) = events.recv().await {
+            if event.is_leader {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(true) => Ok(()),
+        _ => Err(format!("{} did not become leader within {limit:?}", election.name()).into()),
+    }
+}
+
+/// Host and port of an endpoint, `http(s)://` and a trailing `/` removed.
+async fn resolve(endpoint: &str) -> Res<SocketAddr> {
+    let host = endpoint
+        .trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let with_port = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:2379")
+    };
+    tokio::net::lookup_host(&with_port)
+        .await?
+        .next()
+        .ok_or_else(|| format!("{endpoint} resolves to no address").into())
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/// Scenario 1: sequential Puts on the raw KV client.
+async fn put_baseline(ctx: &Ctx<'_>, client: &Client, key: &str) -> Reps {
+    let key = ctx.key(key);
+    let mut kv = client.kv();
+    for _ in 0..ctx.p.warmup {
+        if let Err(e) = kv.put(put(&key)).await {
+            return Reps {
+                samples: vec![],
+                errors: vec![format!("warm-up put: {e}")],
+            };
+        }
+    }
+    repeat(ctx.p.puts, REP_TIMEOUT, async |_| {
+        let request = put(&key);
+        let t0 = Instant::now();
+        kv.put(request).await?;
+        Ok(t0.elapsed())
+    })
+    .await
+}
+
+#[derive(Clone, Copy)]
+enum Handover {
+    Close,
+    Concede,
+}
+
+/// Scenario 2, one rep.
+async fn handover(
+    ctx: &Ctx<'_>,
+    a_client: &Client,
+    b_client: &Client,
+    how: Handover,
+    i: usize,
+) -> Res<Duration> {
+    let kind = match how {
+        Handover::Close => "close",
+        Handover::Concede => "concede",
+    };
+    let name = format!("handover-{kind}-{i}");
+    let a = new_election(a_client, ctx.election(&name, "a", ELECTION_TTL, None)).await?;
+    wait_leader(&a, Duration::from_secs(5)).await?;
+    let (observer, stamp) = leader_stamp();
+    let b = new_election(
+        b_client,
+        ctx.election(&name, "b", ELECTION_TTL, Some(observer)),
+    )
+    .await?;
+    if b.is_leader() {
+        return Err("B leads before the handover".into());
+    }
+    let t0 = Instant::now();
+    match how {
+        Handover::Close => a.close().await,
+        Handover::Concede => {
+            if !a.concede().await? {
+                return Err("concede() returned false: A did not lead".into());
+            }
+        }
+    }
+    let at = tokio::time::timeout(Duration::from_secs(10), stamp)
+        .await
+        .map_err(|_| "B did not lead within 10 s of the handover")??;
+    tokio::join!(a.close(), b.close());
+    Ok(at.saturating_duration_since(t0))
+}
+
+/// Scenario 3, one rep.
+async fn failover(ctx: &Ctx<'_>, follower_client: &Client, i: usize) -> Res<Duration> {
+    let ttl = ctx.p.failover_ttl;
+    let name = format!("failover-{i}");
+    let proxy = ctx.proxies.proxy(ctx.target).await?;
+    let leader_client = Client::connect(ctx.via(proxy.addr())).await?;
+    let leader = new_election(&leader_client, ctx.election(&name, "leader", ttl, None)).await?;
+    wait_leader(&leader, Duration::from_secs(5)).await?;
+    let (observer, stamp) = leader_stamp();
+    let follower = new_election(
+        follower_client,
+        ctx.election(&name, "follower", ttl, Some(observer)),
+    )
+    .await?;
+    // Spread the crash over the keepalive period (TTL / 3).
+    let period = (ttl as u64 * 1000 / 3).max(1);
+    tokio::time::sleep(Duration::from_millis(100 + (i as u64 * 251) % period)).await;
+    if !leader.is_leader() || follower.is_leader() {
+        return Err("the leader changed before the crash".into());
+    }
+    let t0 = Instant::now();
+    proxy.cut().await;
+    let limit = Duration::from_secs(ttl as u64 + 10);
+    let at = tokio::time::timeout(limit, stamp)
+        .await
+        .map_err(|_| format!("the follower did not lead within {limit:?} of the crash"))??;
+    // The crashed side closes in the background: its connection is refused.
+    drop(leader);
+    drop(leader_client);
+    follower.close().await;
+    drop(proxy);
+    Ok(at.saturating_duration_since(t0))
+}
+
+/// Scenario 4, one rep.
+async fn initial(ctx: &Ctx<'_>, client: &Client, i: usize) -> Res<Duration> {
+    let config = ctx.election(&format!("initial-{i}"), "solo", ELECTION_TTL, None);
+    let t0 = Instant::now();
+    let election = new_election(client, config).await?;
+    let took = t0.elapsed();
+    let leads = election.is_leader();
+    election.close().await;
+    if !leads {
+        return Err("new_election resolved without leading an empty election".into());
+    }
+    Ok(took)
+}
+
+/// Scenario 5.
+async fn keepalive_scale(ctx: &Ctx<'_>, report: &mut ModeReport) -> Res<()> {
+    const S: &str = "keepalive scale";
+    let p = ctx.p;
+    let n = p.sessions;
+    let proxy = ctx.proxies.proxy(ctx.target).await?;
+    let client = Client::connect(ctx.via(proxy.addr())).await?;
+    let rss_before = status_kib("VmRSS:").unwrap_or(0);
+    let heap_before = heap_live_mib();
+    HEAP_PEAK.store(HEAP_LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+
+    // NO_LEASE calls before the hold (failed grants, retried by the
+    // sessions) and during it (leases lost), and the first grant error.
+    let failed_grants = Arc::new(AtomicUsize::new(0));
+    let lost = Arc::new(AtomicUsize::new(0));
+    let holding_phase = Arc::new(AtomicBool::new(false));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let observer: SessionObserver = {
+        let (failed_grants, lost, holding_phase, first_error) = (
+            failed_grants.clone(),
+            lost.clone(),
+            holding_phase.clone(),
+            first_error.clone(),
+        );
+        Arc::new(move |lease, error| {
+            if lease != NO_LEASE {
+                return;
+            }
+            if holding_phase.load(Ordering::SeqCst) {
+                lost.fetch_add(1, Ordering::SeqCst);
+            } else {
+                failed_grants.fetch_add(1, Ordering::SeqCst);
+            }
+            if let Some(error) = error {
+                first_error
+                    .lock()
+                    .expect("error lock")
+                    .get_or_insert_with(|| error.to_string());
+            }
+        })
+    };
+
+    let t0 = Instant::now();
+    let mut sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        sessions.push(Session::new(
+            &client,
+            SessionConfig {
+                ttl: p.session_ttl,
+                observer: observer.clone(),
+            },
+        )?);
+    }
+    let holding =
+        |sessions: &[Session]| sessions.iter().filter(|s| s.lease_id() != NO_LEASE).count();
+    let grant_limit = Duration::from_secs(120);
+    while holding(&sessions) < n {
+        if t0.elapsed() > grant_limit {
+            return Err(format!(
+                "only {} of {n} sessions got a lease within {grant_limit:?}",
+                holding(&sessions)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let granted_in = t0.elapsed();
+    let heap_peak_granting = HEAP_PEAK.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
+    let rss_granted = status_kib("VmRSS:").unwrap_or(0);
+    let failed = failed_grants.load(Ordering::SeqCst);
+    println!(
+        "    {n} leases granted in {:.2} s ({failed} failed grants retried); holding for {:?}",
+        granted_in.as_secs_f64(),
+        p.hold
+    );
+
+    holding_phase.store(true, Ordering::SeqCst);
+    let (mut max_conns, mut min_conns) = (proxy.connection_count(), proxy.connection_count());
+    let mut max_rss = rss_granted;
+    let mut max_heap = heap_live_mib();
+    let cpu0 = cpu_now();
+    let start = Instant::now();
+    while start.elapsed() < p.hold {
+        let left = p.hold.saturating_sub(start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+        let conns = proxy.connection_count();
+        max_conns = max_conns.max(conns);
+        min_conns = min_conns.min(conns);
+        max_rss = max_rss.max(status_kib("VmRSS:").unwrap_or(0));
+        max_heap = max_heap.max(heap_live_mib());
+    }
+    let cpu1 = cpu_now();
+    let wall = start.elapsed().as_secs_f64();
+    holding_phase.store(false, Ordering::SeqCst);
+    let lost = lost.load(Ordering::SeqCst);
+    let still_holding = holding(&sessions);
+
+    let tick = clock_ticks_per_second();
+    let pct = |ticks: u64| ticks as f64 / tick / wall * 100.0;
+    let process = pct(cpu1.process.saturating_sub(cpu0.process));
+    let proxy_cpu = pct(cpu1.proxy.saturating_sub(cpu0.proxy));
+    let without = (process - proxy_cpu).max(0.0);
+
+    let tc = Instant::now();
+    let mut closing = JoinSet::new();
+    for session in sessions {
+        closing.spawn(async move { session.close().await });
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(120), async {
+        while closing.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    let close_s = tc.elapsed().as_secs_f64();
+    drop(client);
+    drop(proxy);
+
+    let rss_ok = mib(max_rss) <= 64.0;
+    #[rustfmt::skip]
+    let rows: [(&str, f64, &'static str, &str, Option<bool>); 17] = [
+        ("sessions, all granted", n as f64, "", "-", None),
+        ("time to grant all", granted_in.as_secs_f64(), "s", "-", None),
+        ("failed grants (retried) before hold", failed as f64, "", "-", None),
+        ("hold", wall, "s", "-", None),
+        ("TCP connections (max in hold)", max_conns as f64, "", "== 1", Some(max_conns == 1 && min_conns == 1)),
+        ("VmRSS (max in hold)", mib(max_rss), "MiB", "<= 64 MiB", Some(rss_ok)),
+        ("VmRSS before the sessions", mib(rss_before), "MiB", "-", None),
+        ("VmRSS once all granted", mib(rss_granted), "MiB", "-", None),
+        ("heap in use before the sessions", heap_before, "MiB", "-", None),
+        ("heap in use, peak while granting", heap_peak_granting, "MiB", "-", None),
+        ("heap in use (max in hold)", max_heap, "MiB", "-", None),
+        ("CPU, whole process", process, "% core", "<= 3 %", Some(process <= 3.0)),
+        ("CPU, of which bench proxy thread", proxy_cpu, "% core", "-", None),
+        ("CPU, without the proxy thread", without, "% core", "<= 3 %", Some(without <= 3.0)),
+        ("leases lost (NO_LEASE in hold)", lost as f64, "", "== 0", Some(lost == 0)),
+        ("sessions holding a lease at end", still_holding as f64, "", "-", None),
+        ("time to close all", close_s, "s", "-", None),
+    ];
+    for (metric, value, unit, target, pass) in rows {
+        report.figure(S, metric, value, unit, target, pass);
+    }
+    if let Some(error) = first_error.lock().expect("error lock").take() {
+        report.notes.push(format!(
+            "{S}: first error reported to a session observer: {error}"
+        ));
+    }
+    if !closed {
+        report
+            .errors
+            .push(format!("{S}: closing {n} sessions took over 120 s"));
+    }
+    Ok(())
+}
+
+/// Runs scenario 5 in a child process (this program again, with
+/// [`CHILD_ENV`] set), so that its memory and CPU figures are those of a
+/// process that holds the sessions and nothing else: not what earlier
+/// scenarios (or the other pass) left in this one, nor the etcd harness's
+/// threads. The child's figures come back as [`CHILD_LINE`] lines.
+async fn keepalive_in_child(ctx: &Ctx<'_>, mode: Mode, report: &mut ModeReport) -> Res<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, ctx.target.to_string())
+        .env(
+            "BENCH_KEEPALIVE_EXTERNAL",
+            if matches!(mode, Mode::External) {
+                "1"
+            } else {
+                "0"
+            },
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let limit = ctx.p.hold + Duration::from_secs(300);
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            let Some(fields) = line.strip_prefix(CHILD_LINE) else {
+                println!("{line}");
+                continue;
+            };
+            let fields: Vec<&str> = fields.split('\t').collect();
+            match fields.as_slice() {
+                ["figure", metric, value, unit, target, pass] => {
+                    let pass = match *pass {
+                        "true" => Some(true),
+                        "false" => Some(false),
+                        _ => None,
+                    };
+                    let unit = match *unit {
+                        "s" => "s",
+                        "MiB" => "MiB",
+                        "% core" => "% core",
+                        _ => "",
+                    };
+                    let value = value.parse().unwrap_or(f64::NAN);
+                    report.figure("keepalive scale", metric, value, unit, target, pass);
+                }
+                ["note", text] => report.notes.push((*text).to_owned()),
+                ["error", text] => report.errors.push((*text).to_owned()),
+                _ => report.errors.push(format!("keepalive child said: {line}")),
+            }
+        }
+        Ok::<_, BoxError>(child.wait().await?)
+    };
+    let status = tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| format!("the keepalive child took over {limit:?}"))??;
+    if !status.success() {
+        return Err(format!("the keepalive child failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// The child's side: scenario 5 against the etcd at `target`, figures on stdout.
+async fn keepalive_child(target: &str) -> Res<()> {
+    let target: SocketAddr = target.parse()?;
+    let base = if std::env::var("BENCH_KEEPALIVE_EXTERNAL").is_ok_and(|v| v == "1") {
+        etcdutil::new_config(None)?
+    } else {
+        Config {
+            endpoints: vec![target.to_string()],
+            ..Config::default()
+        }
+    };
+    let proxies = ProxyRuntime::start()?;
+    let ctx = Ctx {
+        p: Params::from_env(),
+        base,
+        target,
+        proxies: &proxies,
+        prefix: format!("bench-{}-keepalive", std::process::id()),
+    };
+    let mut report = ModeReport::new(Mode::External);
+    let outcome = keepalive_scale(&ctx, &mut report).await;
+    let clean = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+    for f in &report.figures {
+        let pass = f.pass.map_or("-", |p| if p { "true" } else { "false" });
+        println!(
+            "{CHILD_LINE}figure\t{}\t{}\t{}\t{}\t{pass}",
+            f.metric, f.value, f.unit, f.target
+        );
+    }
+    for note in &report.notes {
+        println!("{CHILD_LINE}note\t{}", clean(note));
+    }
+    for error in &report.errors {
+        println!("{CHILD_LINE}error\t{}", clean(error));
+    }
+    outcome
+}
+
+/// Scenario 6: Puts with `in_flight` requests outstanding for `p.throughput_for`; ops/s.
+async fn throughput(ctx: &Ctx<'_>, client: &Client, in_flight: usize) -> Res<f64> {
+    let start = Instant::now();
+    let deadline = start + ctx.p.throughput_for;
+    let mut workers = JoinSet::new();
+    for w in 0..in_flight {
+        let mut kv = client.kv();
+        let key = ctx.key(&format!("throughput/{in_flight}/{w}"));
+        workers.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                kv.put(put(&key)).await?;
+                n += 1;
+            }
+            Ok::<u64, tonic::Status>(n)
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = workers.join_next().await {
+        total += done??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------
+// One pass
+
+async fn run_mode(mode: Mode, p: Params, proxies: &ProxyRuntime, run_id: &str) -> ModeReport {
+    let started = Instant::now();
+    let mut report = ModeReport::new(mode);
+    if let Err(e) = run_mode_in(mode, p, proxies, run_id, &mut report).await {
+        report.errors.push(format!("pass aborted: {e}"));
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+fn step(started: Instant, what: &str) {
+    println!("  [{:6.1} s] {what}", started.elapsed().as_secs_f64());
+}
+
+async fn run_mode_in(
+    mode: Mode,
+    p: Params,
+    proxies: &ProxyRuntime,
+    run_id: &str,
+    report: &mut ModeReport,
+) -> Res<()> {
+    let started = Instant::now();
+    // Keep the local etcd (if any) alive for the whole pass.
+    let (_etcd, base, target) = match mode {
+        Mode::Local { no_fsync } => {
+            let etcd = Etcd::builder().unsafe_no_fsync(no_fsync).start().await?;
+            let (base, target) = (etcd.config(), etcd.client_addr());
+            (Some(etcd), base, target)
+        }
+        Mode::External => {
+            let base = etcdutil::new_config(None)?;
+            let first = base
+                .endpoints
+                .first()
+                .ok_or("ETCD3_ENDPOINT names no endpoint")?;
+            let target = resolve(first).await?;
+            (None, base, target)
+        }
+    };
+    report.endpoint = base.endpoints.join(",");
+    let ctx = Ctx {
+        p,
+        base,
+        target,
+        proxies,
+        prefix: format!("bench-{run_id}-{}", mode.label()),
+    };
+    let client = Client::connect(ctx.base.clone()).await?;
+    let status = client
+        .maintenance()
+        .status(StatusRequest::default())
+        .await?
+        .into_inner();
+    report.etcd_version = status.version;
+    step(
+        started,
+        &format!(
+            "etcd {} at {} ({})",
+            report.etcd_version,
+            report.endpoint,
+            mode.description()
+        ),
+    );
+
+    step(
+        started,
+        &format!("1. Put baseline: {} sequential puts", p.puts),
+    );
+    let reps = put_baseline(&ctx, &client, "baseline").await;
+    report.baseline = stats(&reps.samples);
+    report.latency("1. Put baseline", reps, Goal::Info);
+
+    step(
+        started,
+        &format!("4. initial election: {} reps", p.initial_reps),
+    );
+    let reps = repeat(p.initial_reps, REP_TIMEOUT, async |i| {
+        // Untimed: start each rep at another point of etcd's 100 ms
+        // watcher-sync cycle (see the module docs), as independent callers
+        // would, instead of in lockstep with it.
+        tokio::time::sleep(Duration::from_millis((i as u64 * 37) % 100)).await;
+        initial(&ctx, &client, i).await
+    })
+    .await;
+    report.latency("4. initial election", reps, Goal::TimesBaseline(4.0));
+
+    let a_client = Client::connect(ctx.base.clone()).await?;
+    let b_client = Client::connect(ctx.base.clone()).await?;
+    for (how, label) in [
+        (Handover::Close, "2. handover by close()"),
+        (Handover::Concede, "2. handover by concede()"),
+    ] {
+        step(started, &format!("{label}: {} reps", p.handover_reps));
+        let reps = repeat(p.handover_reps, REP_TIMEOUT, async |i| {
+            handover(&ctx, &a_client, &b_client, how, i).await
+        })
+        .await;
+        report.latency(label, reps, Goal::TimesBaseline(3.0));
+    }
+    drop((a_client, b_client));
+
+    let ttl = Duration::from_secs(p.failover_ttl as u64);
+    step(
+        started,
+        &format!("3. crash failover: {} reps, TTL {ttl:?}", p.failover_reps),
+    );
+    let limit = ttl * 2 + Duration::from_secs(20);
+    let reps = repeat(p.failover_reps, limit, async |i| {
+        failover(&ctx, &client, i).await
+    })
+    .await;
+    let label = format!("3. crash failover (TTL {} s)", p.failover_ttl);
+    report.latency(&label, reps, Goal::AtMost(ttl + Duration::from_millis(600)));
+
+    step(started, "1. Put baseline, re-check");
+    let reps = put_baseline(&ctx, &client, "baseline").await;
+    report.latency("1. Put baseline, re-check", reps, Goal::Info);
+
+    step(
+        started,
+        &format!(
+            "5. keepalive scale: {} sessions, TTL {} s, hold {:?}",
+            p.sessions, p.session_ttl, p.hold
+        ),
+    );
+    if let Err(e) = keepalive_in_child(&ctx, mode, report).await {
+        report.errors.push(format!("5. keepalive scale: {e}"));
+        report.figure(
+            "keepalive scale",
+            "scenario failed",
+            f64::NAN,
+            "",
+            "completes",
+            Some(false),
+        );
+    }
+
+    for in_flight in p.in_flight {
+        step(
+            started,
+            &format!(
+                "6. throughput: {in_flight} in flight for {:?}",
+                p.throughput_for
+            ),
+        );
+        match throughput(&ctx, &client, in_flight).await {
+            Ok(ops) => report.figure(
+                "raw KV throughput",
+                &format!("Puts, {in_flight} in flight"),
+                ops,
+                "ops/s",
+                "-",
+                None,
+            ),
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("6. throughput {in_flight} in flight: {e}"));
+                report.figure(
+                    "raw KV throughput",
+                    &format!("Puts, {in_flight} in flight"),
+                    f64::NAN,
+                    "ops/s",
+                    "completes",
+                    Some(false),
+                );
+            }
+        }
+    }
+
+    // Leave nothing behind (matters for an external etcd).
+    let prefix = ctx.key("");
+    let mut range_end = prefix.clone();
+    if let Some(last) = range_end.last_mut() {
+        *last += 1;
+    }
+    let _ = client
+        .kv()
+        .delete_range(DeleteRangeRequest {
+            key: prefix,
+            range_end,
+            ..Default::default()
+        })
+        .await;
+    step(started, "done");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+fn verdict(pass: Option<bool>) -> &'static str {
+    match pass {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "-",
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    let v = ms(d);
+    if v < 10.0 {
+        format!("{v:.3}")
+    } else if v < 100.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".into()
+    } else if v == v.trunc() || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    if b.is_zero() {
+        f64::NAN
+    } else {
+        a.as_secs_f64() / b.as_secs_f64()
+    }
+}
+
+fn print_tables(reports: &[ModeReport]) {
+    println!();
+    println!(
+        "Latencies in ms. base = the Put baseline (scenario 1) of the same etcd in this run; x = ratio to it."
+    );
+    let header = format!(
+        "{:<9} {:<30} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
+        "mode",
+        "scenario",
+        "n",
+        "fail",
+        "median",
+        "p99",
+        "max",
+        "base med",
+        "base p99",
+        "x med",
+        "x p99",
+        "x max",
+        "target",
+        "result"
+    );
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for r in reports {
+        for row in &r.latencies {
+            let (median, p99, max, xm, xp, xx) = match (row.stats, r.baseline) {
+                (Some(s), Some(b)) => (
+                    fmt_ms(s.median),
+                    fmt_ms(s.p99),
+                    fmt_ms(s.max),
+                    format!("{:.2}", ratio(s.median, b.median)),
+                    format!("{:.2}", ratio(s.p99, b.p99)),
+                    format!("{:.2}", ratio(s.max, b.max)),
+                ),
+                (Some(s), None) => (
+                    fmt_ms(s.median),
+                    fmt_ms(s.p99),
+                    fmt_ms(s.max),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                ),
+                _ => (
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                ),
+            };
+            let (bm, bp) = r.baseline.map_or(("n/a".into(), "n/a".into()), |b| {
+                (fmt_ms(b.median), fmt_ms(b.p99))
+            });
+            println!(
+                "{:<9} {:<30} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
+                r.mode.label(),
+                row.scenario,
+                row.stats.map_or(0, |s| s.n),
+                row.failures,
+                median,
+                p99,
+                max,
+                bm,
+                bp,
+                xm,
+                xp,
+                xx,
+                row.goal.describe(),
+                verdict(row.verdict(r.baseline)),
+            );
+        }
+    }
+    println!();
+    let header = format!(
+        "{:<9} {:<18} {:<36} {:>12} {:<7} {:<11} {}",
+        "mode", "scenario", "figure", "value", "unit", "target", "result"
+    );
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for r in reports {
+        for f in &r.figures {
+            println!(
+                "{:<9} {:<18} {:<36} {:>12} {:<7} {:<11} {}",
+                r.mode.label(),
+                f.scenario,
+                f.metric,
+                fmt_value(f.value),
+                f.unit,
+                f.target,
+                verdict(f.pass)
+            );
+        }
+    }
+    let notes: Vec<_> = reports
+        .iter()
+        .flat_map(|r| r.notes.iter().map(move |n| (r.mode.label(), n)))
+        .collect();
+    if !notes.is_empty() {
+        println!();
+        println!("Notes:");
+        for (mode, note) in notes {
+            println!("  {mode}: {note}");
+        }
+    }
+    let errors: Vec<_> = reports
+        .iter()
+        .flat_map(|r| r.errors.iter().map(move |e| (r.mode.label(), e)))
+        .collect();
+    if !errors.is_empty() {
+        println!();
+        println!("Errors:");
+        for (mode, e) in errors {
+            println!("  {mode}: {e}");
+        }
+    }
+}
+
+fn json_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        // Six decimals: sub-microsecond in ms, and always valid JSON.
+        let s = format!("{v:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s.is_empty() || s == "-" {
+            "0".into()
+        } else {
+            s.into()
+        }
+    } else {
+        "null".into()
+    }
+}
+
+fn json_bool(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "null",
+    }
+}
+
+fn json_stats(s: Option<Stats>) -> String {
+    match s {
+        Some(s) => format!(
+            "{{\"n\": {}, \"median_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
+            s.n,
+            json_num(ms(s.median)),
+            json_num(ms(s.p99)),
+            json_num(ms(s.max))
+        ),
+        None => "null".into(),
+    }
+}
+
+fn to_json(p: Params, reports: &[ModeReport], total: f64, started_unix: u64) -> String {
+    let mut j = String::new();
+    j.push_str("{\n");
+    let _ = writeln!(j, "  \"bench\": \"etcdutil examples/bench.rs\",");
+    let _ = writeln!(j, "  \"started_unix\": {started_unix},");
+    let _ = writeln!(j, "  \"quick\": {},", p.quick);
+    let _ = writeln!(j, "  \"total_seconds\": {},", json_num(total));
+    let _ = writeln!(
+        j,
+        "  \"params\": {{\"puts\": {}, \"warmup_puts\": {}, \"handover_reps\": {}, \"failover_reps\": {}, \"failover_ttl_s\": {}, \"initial_election_reps\": {}, \"sessions\": {}, \"session_ttl_s\": {}, \"hold_s\": {}, \"throughput_s\": {}, \"in_flight\": [{}]}},",
+        p.puts,
+        p.warmup,
+        p.handover_reps,
+        p.failover_reps,
+        p.failover_ttl,
+        p.initial_reps,
+        p.sessions,
+        p.session_ttl,
+        json_num(p.hold.as_secs_f64()),
+        json_num(p.throughput_for.as_secs_f64()),
+        p.in_flight.map(|n| n.to_string()).join(", ")
+    );
+    j.push_str("  \"runs\": [\n");
+    for (ri, r) in reports.iter().enumerate() {
+        j.push_str("    {\n");
+        let _ = writeln!(j, "      \"mode\": {},", json_str(r.mode.label()));
+        let _ = writeln!(
+            j,
+            "      \"description\": {},",
+            json_str(r.mode.description())
+        );
+        let _ = writeln!(
+            j,
+            "      \"unsafe_no_fsync\": {},",
+            json_bool(r.mode.no_fsync())
+        );
+        let _ = writeln!(j, "      \"endpoint\": {},", json_str(&r.endpoint));
+        let _ = writeln!(j, "      \"etcd_version\": {},", json_str(&r.etcd_version));
+        let _ = writeln!(j, "      \"seconds\": {},", json_num(r.seconds));
+        let _ = writeln!(j, "      \"baseline_put\": {},", json_stats(r.baseline));
+        j.push_str("      \"latencies\": [\n");
+        for (i, row) in r.latencies.iter().enumerate() {
+            let ratios = match (row.stats, r.baseline) {
+                (Some(s), Some(b)) => format!(
+                    "{{\"median\": {}, \"p99\": {}, \"max\": {}}}",
+                    json_num(ratio(s.median, b.median)),
+                    json_num(ratio(s.p99, b.p99)),
+                    json_num(ratio(s.max, b.max))
+                ),
+                _ => "null".into(),
+            };
+            let (kind, limit) = match row.goal {
+                Goal::Info => ("none", "null".to_owned()),
+                Goal::TimesBaseline(k) => ("median_times_baseline_median", json_num(k)),
+                Goal::AtMost(d) => ("median_ms_at_most", json_num(ms(d))),
+            };
+            let _ = write!(
+                j,
+                "        {{\"scenario\": {}, \"attempts\": {}, \"failures\": {}, \"stats\": {}, \"baseline\": {}, \"ratio_to_baseline\": {}, \"target\": {{\"text\": {}, \"kind\": {}, \"limit\": {}}}, \"pass\": {}}}",
+                json_str(&row.scenario),
+                row.attempts,
+                row.failures,
+                json_stats(row.stats),
+                json_stats(r.baseline),
+                ratios,
+                json_str(&row.goal.describe()),
+                json_str(kind),
+                limit,
+                json_bool(row.verdict(r.baseline))
+            );
+            j.push_str(if i + 1 < r.latencies.len() {
+                ",\n"
+            } else {
+                "\n"
+            });
+        }
+        j.push_str("      ],\n");
+        j.push_str("      \"figures\": [\n");
+        for (i, f) in r.figures.iter().enumerate() {
+            let _ = write!(
+                j,
+                "        {{\"scenario\": {}, \"figure\": {}, \"value\": {}, \"unit\": {}, \"target\": {}, \"pass\": {}}}",
+                json_str(&f.scenario),
+                json_str(&f.metric),
+                json_num(f.value),
+                json_str(f.unit),
+                json_str(&f.target),
+                json_bool(f.pass)
+            );
+            j.push_str(if i + 1 < r.figures.len() { ",\n" } else { "\n" });
+        }
+        j.push_str("      ],\n");
+        let notes: Vec<String> = r.notes.iter().map(|n| json_str(n)).collect();
+        let _ = writeln!(j, "      \"notes\": [{}],", notes.join(", "));
+        let errors: Vec<String> = r.errors.iter().map(|e| json_str(e)).collect();
+        let _ = writeln!(j, "      \"errors\": [{}]", errors.join(", "));
+        j.push_str(if ri + 1 < reports.len() {
+            "    },\n"
+        } else {
+            "    }\n"
+        });
+    }
+    j.push_str("  ]\n}\n");
+    j
+}
+
+fn json_path() -> PathBuf {
+    match std::env::var_os("BENCH_JSON") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("bench.json"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    if let Ok(target) = std::env::var(CHILD_ENV) {
+        return keepalive_child(&target).await;
+    }
+    let run_started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let p = Params::from_env();
+    let external = std::env::var(etcdutil::ETCD3_ENDPOINT).is_ok_and(|v| !v.trim().is_empty());
+    let modes = if external {
+        vec![Mode::External]
+    } else {
+        vec![
+            Mode::Local { no_fsync: true },
+            Mode::Local { no_fsync: false },
+        ]
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "etcdutil bench, {} run ({}), {cores} cores, load average {}",
+        if p.quick { "QUICK" } else { "full" },
+        if p.quick {
+            "BENCH_QUICK is set"
+        } else {
+            "set BENCH_QUICK=1 for a smoke run"
+        },
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "reps: {} puts, {} initial elections, {} handovers each way, {} crash failovers, {} sessions held {:?}, throughput {:?} per level",
+        p.puts,
+        p.initial_reps,
+        p.handover_reps,
+        p.failover_reps,
+        p.sessions,
+        p.hold,
+        p.throughput_for
+    );
+    let proxies = ProxyRuntime::start()?;
+    let run_id = format!("{}-{started_unix}", std::process::id());
+    let mut reports = Vec::new();
+    for mode in modes {
+        println!();
+        println!("== mode {}: {}", mode.label(), mode.description());
+        reports.push(run_mode(mode, p, &proxies, &run_id).await);
+    }
+    let total = run_started.elapsed().as_secs_f64();
+    print_tables(&reports);
+
+    let path = json_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, to_json(p, &reports, total, started_unix))?;
+    println!();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "wrote {}; whole run {total:.1} s; load average now {}",
+        path.display(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
