@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use etcdutil::proto::authpb::{Permission, permission};
 use etcdutil::proto::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-    AuthUserGrantRoleRequest, PutRequest,
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, PutRequest,
 };
 use etcdutil::testing::Etcd;
 use etcdutil::{
@@ -597,21 +596,8 @@ const ROOT_PASSWORD: &str = "root-secret";
 async fn etcd_with_auth(alice: bool) -> (Etcd, Client) {
     let etcd = etcd().await;
     let admin = client(&etcd).await;
+    add_user(&admin, "root", ROOT_PASSWORD, "root").await;
     let mut auth = admin.auth();
-    let add_user = |name: &str, password: &str| AuthUserAddRequest {
-        name: name.into(),
-        password: password.into(),
-        options: None,
-    };
-    auth.user_add(add_user("root", ROOT_PASSWORD))
-        .await
-        .expect("add root");
-    auth.user_grant_role(AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    })
-    .await
-    .expect("grant root the root role");
     if alice {
         auth.role_add(AuthRoleAddRequest {
             name: "other-rw".into(),
@@ -628,15 +614,7 @@ async fn etcd_with_auth(alice: bool) -> (Etcd, Client) {
         })
         .await
         .expect("grant /other/");
-        auth.user_add(add_user("alice", "alice-secret"))
-            .await
-            .expect("add alice");
-        auth.user_grant_role(AuthUserGrantRoleRequest {
-            user: "alice".into(),
-            role: "other-rw".into(),
-        })
-        .await
-        .expect("grant alice her role");
+        add_user(&admin, "alice", "alice-secret", "other-rw").await;
     }
     auth.auth_enable(AuthEnableRequest {})
         .await

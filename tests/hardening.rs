@@ -8,32 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcdutil::proto::etcdserverpb::{
-    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, PutRequest,
-};
+use etcdutil::proto::etcdserverpb::PutRequest;
 use etcdutil::testing::{Cluster, Etcd};
 use etcdutil::{Client, Config, ElectionConfig, NO_LEASE, Session, SessionConfig, new_election};
-
-/// Turns on auth with a `root` user whose password is `secret`.
-async fn enable_auth(etcd: &Etcd) {
-    let admin = client(etcd).await;
-    let auth = admin.auth();
-    let user = AuthUserAddRequest {
-        name: "root".into(),
-        password: "secret".into(),
-        options: None,
-    };
-    auth.clone().user_add(user).await.unwrap();
-    let grant = AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    };
-    auth.clone().user_grant_role(grant).await.unwrap();
-    auth.clone()
-        .auth_enable(AuthEnableRequest {})
-        .await
-        .unwrap();
-}
 
 fn as_user(etcd: &Etcd, user: &str, password: &str) -> Config {
     Config {
@@ -49,7 +26,7 @@ fn as_user(etcd: &Etcd, user: &str, password: &str) -> Config {
 #[tokio::test]
 async fn session_and_election_ride_through_token_expiries() {
     let etcd = Etcd::builder().auth_token_ttl(1).start().await.unwrap();
-    enable_auth(&etcd).await;
+    enable_auth(&etcd, "secret").await;
     let client = Client::connect(as_user(&etcd, "root", "secret"))
         .await
         .unwrap();
@@ -117,7 +94,7 @@ async fn session_and_election_ride_through_token_expiries() {
 #[tokio::test]
 async fn wrong_password_fails_at_connect() {
     let etcd = etcd().await;
-    enable_auth(&etcd).await;
+    enable_auth(&etcd, "secret").await;
     let started = Instant::now();
     let err = Client::connect(as_user(&etcd, "root", "wrong"))
         .await

@@ -7,9 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use etcdutil::proto::etcdserverpb::{
-    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, PutRequest,
-};
+use etcdutil::proto::etcdserverpb::PutRequest;
 use etcdutil::{Client, Config, WIRE_TARGET};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -52,23 +50,7 @@ async fn every_rpc_is_logged_with_secrets_redacted() {
     tracing::subscriber::set_global_default(Capture(lines.clone())).unwrap();
 
     let etcd = etcd().await;
-    let admin = client(&etcd).await;
-    let user = AuthUserAddRequest {
-        name: "root".into(),
-        password: "hunter2".into(),
-        options: None,
-    };
-    admin.auth().user_add(user).await.unwrap();
-    let grant = AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    };
-    admin.auth().user_grant_role(grant).await.unwrap();
-    admin
-        .auth()
-        .auth_enable(AuthEnableRequest {})
-        .await
-        .unwrap();
+    enable_auth(&etcd, "hunter2").await;
 
     let config = Config {
         username: Some("root".into()),

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcdutil::proto::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest};
+use etcdutil::proto::etcdserverpb::{
+    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, LeaseLeasesRequest,
+    LeaseTimeToLiveRequest, RangeRequest,
+};
 use etcdutil::testing::{Etcd, Proxy};
 use etcdutil::{Client, Config, Error, NO_LEASE, SessionObserver};
 use tokio::sync::mpsc;
@@ -127,6 +130,36 @@ pub async fn lease_ids(client: &Client) -> Vec<i64> {
         .iter()
         .map(|lease| lease.id)
         .collect()
+}
+
+/// Adds user `name` with `password` and grants it `role` (auth still off).
+pub async fn add_user(client: &Client, name: &str, password: &str, role: &str) {
+    let user = AuthUserAddRequest {
+        name: name.into(),
+        password: password.into(),
+        options: None,
+    };
+    client.auth().user_add(user).await.expect("add user");
+    let grant = AuthUserGrantRoleRequest {
+        user: name.into(),
+        role: role.into(),
+    };
+    client
+        .auth()
+        .user_grant_role(grant)
+        .await
+        .expect("grant role");
+}
+
+/// Turns etcd's auth on, with a `root` user whose password is `password`.
+pub async fn enable_auth(etcd: &Etcd, password: &str) {
+    let admin = client(etcd).await;
+    add_user(&admin, "root", password, "root").await;
+    admin
+        .auth()
+        .auth_enable(AuthEnableRequest {})
+        .await
+        .expect("enable auth");
 }
 
 /// The TTL etcd reports for a lease: -1 once it is gone.
