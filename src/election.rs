@@ -38,7 +38,7 @@ use crate::proto::v3electionpb::{
     CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
 };
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl};
-use crate::transport::require_leader;
+use crate::transport::{Attempt, require_leader};
 
 /// Where elections live in etcd's key space.
 ///
@@ -268,7 +268,7 @@ async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender
             name: name.clone().into_bytes(),
         });
         let mut election = client.election();
-        let token = client.transport_ref().token();
+        let attempt = client.transport_ref().attempt();
         let failure: Error = tokio::select! {
             _ = sender.closed() => return,
             failure = async {
@@ -288,10 +288,7 @@ async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender
                 Ok(()) => unreachable!("the stream loop only ends with an error"),
             },
         };
-        let renewed = client
-            .transport_ref()
-            .recover(&failure, token.as_ref())
-            .await;
+        let renewed = client.transport_ref().recover(&failure, &attempt).await;
         if renewed && !renewed_last {
             renewed_last = true;
             continue; // a renewed token: reopen at once, nothing to report
@@ -671,7 +668,8 @@ enum Step {
     Returned,
 }
 
-type Campaign = Pin<Box<dyn Future<Output = Result<Step>> + Send>>;
+/// A step of a campaign, and how its call was sent (for `Transport::recover`).
+type Campaign = Pin<Box<dyn Future<Output = (Attempt, Result<Step>)> + Send>>;
 
 struct Task {
     client: Client,
@@ -729,6 +727,7 @@ impl Task {
                 },
                 outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
                     self.campaign = None;
+                    let (attempt, outcome) = outcome;
                     match outcome {
                         Ok(Step::Entered(leader)) => {
                             self.entered = true;
@@ -742,7 +741,7 @@ impl Task {
                         }
                         Ok(Step::Returned) => self.campaigned = true,
                         Err(error) => {
-                            let delay = if self.client.transport_ref().recover(&error, None).await {
+                            let delay = if self.client.transport_ref().recover(&error, &attempt).await {
                                 Duration::ZERO
                             } else {
                                 self.emit_error(error);
@@ -868,11 +867,7 @@ impl Task {
             ],
             failure: vec![oldest],
         };
-        Box::pin(async move {
-            if !delay.is_zero() {
-                // (Even a zero sleep waits for the timer's next 1 ms tick.)
-                tokio::time::sleep(delay).await;
-            }
+        self.step_after(delay, async move {
             let response = kv.txn(txn).await?.into_inner();
             let header = response.header;
             let leader = match response
@@ -896,9 +891,26 @@ impl Task {
             lease: self.lease,
             value: self.candidate.clone().into_bytes(),
         };
-        Box::pin(async move {
+        self.step_after(Duration::ZERO, async move {
             election.campaign(require_leader(request)).await?;
             Ok(Step::Returned)
+        })
+    }
+
+    /// Runs a campaign step's call after `delay`, noting how it was sent.
+    fn step_after(
+        &self,
+        delay: Duration,
+        call: impl Future<Output = Result<Step>> + Send + 'static,
+    ) -> Campaign {
+        let transport = self.client.transport();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                // (Even a zero sleep waits for the timer's next 1 ms tick.)
+                tokio::time::sleep(delay).await;
+            }
+            let attempt = transport.attempt();
+            (attempt, call.await)
         })
     }
 

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
 };
-use crate::transport::{Transport, require_leader};
+use crate::transport::{Attempt, Transport, require_leader};
 
 /// What the keeper tells a lease's owner. Only the latest news matters (a
 /// newer renewal supersedes an older one, a loss is final), so this is one
@@ -129,11 +129,9 @@ struct Lease {
     next_renewal: Instant,
 }
 
-/// An answer from stream `generation`, or its end: the error and the token it was opened with.
-type Answer = (
-    u64,
-    Result<LeaseKeepAliveResponse, (Error, Option<http::HeaderValue>)>,
-);
+/// An answer from stream `generation`, or its end: the error, and how the
+/// stream was opened.
+type Answer = (u64, Result<LeaseKeepAliveResponse, (Error, Attempt)>);
 
 struct Keeper {
     transport: Transport,
@@ -232,7 +230,7 @@ impl Keeper {
         let (requests, outgoing) = mpsc::channel(16 * 1024);
         let answers = self.answers_tx.clone();
         let mut client = LeaseClient::new(self.transport.clone());
-        let token = self.transport.token();
+        let attempt = self.transport.attempt();
         tokio::spawn(async move {
             let request = require_leader(ReceiverStream::new(outgoing));
             // etcd sends the response headers with its first answer, so this
@@ -240,7 +238,7 @@ impl Keeper {
             let mut stream = match client.lease_keep_alive(request).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
-                    let _ = answers.send((generation, Err((Error::from(status), token))));
+                    let _ = answers.send((generation, Err((Error::from(status), attempt))));
                     return;
                 }
             };
@@ -252,7 +250,7 @@ impl Keeper {
                     }),
                     Err(status) => Err(Error::from(status)),
                 };
-                let answer = answer.map_err(|error| (error, token.clone()));
+                let answer = answer.map_err(|error| (error, attempt.clone()));
                 let end = answer.is_err();
                 if answers.send((generation, answer)).is_err() || end {
                     return;
@@ -263,10 +261,7 @@ impl Keeper {
         requests
     }
 
-    async fn on_answer(
-        &mut self,
-        answer: Result<LeaseKeepAliveResponse, (Error, Option<http::HeaderValue>)>,
-    ) {
+    async fn on_answer(&mut self, answer: Result<LeaseKeepAliveResponse, (Error, Attempt)>) {
         match answer {
             Ok(response) => {
                 let id = response.id;
@@ -283,9 +278,9 @@ impl Keeper {
                     lease.news.renewed(sent_at, response.ttl);
                 }
             }
-            Err((error, token)) => {
+            Err((error, attempt)) => {
                 self.stream = None;
-                if self.transport.recover(&error, token.as_ref()).await {
+                if self.transport.recover(&error, &attempt).await {
                     // Only the token had expired: the leases are fine (their
                     // deadlines still guard them); the next renewal reopens.
                     // Requests on the dead stream will never be answered.

@@ -337,6 +337,9 @@ impl Worker {
     async fn work(&mut self) {
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // How the grant, and then the keepalives, reach etcd: a failure
+            // moves calls off that member (once, however many sessions saw it).
+            let attempt = self.client.transport_ref().attempt();
             let granted = tokio::select! {
                 biased;
                 command = next_command(&self.control, &mut self.resets_seen) => match command {
@@ -349,7 +352,7 @@ impl Worker {
             let (id, ttl, sent_at) = match granted {
                 Ok(granted) => granted,
                 Err(error) => {
-                    self.client.transport_ref().recover(&error, None).await;
+                    self.client.transport_ref().recover(&error, &attempt).await;
                     self.report(NO_LEASE, Some(error));
                     if !self.pause(backoff).await {
                         break;
@@ -367,7 +370,7 @@ impl Worker {
                 End::Lost(error) => {
                     let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
-                    self.client.transport_ref().recover(&hint, None).await;
+                    self.client.transport_ref().recover(&hint, &attempt).await;
                     // The lease may still live on etcd (say, the network hangs):
                     // revoke it, so its keys go as soon as etcd hears us.
                     tokio::spawn(revoke(self.client.clone(), id, self.ttl()));

@@ -9,8 +9,8 @@
 //! - once, with a fresh token, when etcd answers `invalid auth token` or
 //!   `revision of auth store is old`.
 //!
-//! The long-lived streams reopen through their owners' loops, which call
-//! [`Transport::failover`] and [`Transport::renew_token`] on their errors.
+//! The long-lived streams reopen through their owners' loops, which hand
+//! their errors to [`Transport::recover`] first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -76,7 +76,7 @@ struct Credentials {
 struct Shared {
     uris: Vec<Uri>,
     channels: Vec<Channel>,
-    /// The member calls go to; moved on by [`Transport::failover`].
+    /// The member calls go to; moved on by [`Transport::failover_from`].
     current: AtomicUsize,
     credentials: Option<Credentials>,
 }
@@ -171,26 +171,39 @@ impl Transport {
                 .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    /// Does what `error`, from a call or stream sent with `token`, asks for:
-    /// a new token when etcd rejected this one (true if it was renewed), the
-    /// next member when this one failed. The long-lived streams call this
-    /// before they reopen.
-    pub(crate) async fn recover(&self, error: &Error, token: Option<&HeaderValue>) -> bool {
+    /// What a call or stream is about to be sent with, to hand back to
+    /// [`recover`](Self::recover) if it fails.
+    pub(crate) fn attempt(&self) -> Attempt {
+        Attempt {
+            member: self.shared.current.load(Ordering::SeqCst),
+            token: self.token(),
+        }
+    }
+
+    /// Does what `error`, from a call or stream sent as `attempt`, asks for:
+    /// a new token when etcd rejected that one (true if it was renewed), the
+    /// next member when that one failed. Many callers may report one failure
+    /// (every session of a broken stream): a failure is acted on only if the
+    /// member or token it names is still the current one, so calls move on
+    /// once, not once per caller.
+    pub(crate) async fn recover(&self, error: &Error, attempt: &Attempt) -> bool {
         // An Observe whose token expired just ends, without a status.
         let renewed = if error.is_token_rejected()
             || (self.shared.credentials.is_some() && error.is_stream_end())
         {
-            self.renew_token(token).await.unwrap_or(false)
+            self.renew_token(attempt.token.as_ref())
+                .await
+                .unwrap_or(false)
         } else {
             false
         };
         if !renewed && error.is_member_failure() {
-            self.failover_from(self.shared.current.load(Ordering::SeqCst));
+            self.failover_from(attempt.member);
         }
         renewed
     }
 
-    pub(crate) fn token(&self) -> Option<HeaderValue> {
+    fn token(&self) -> Option<HeaderValue> {
         let credentials = self.shared.credentials.as_ref()?;
         credentials.token.read().expect("token lock").clone()
     }
@@ -239,6 +252,13 @@ impl Transport {
         *credentials.token.write().expect("token lock") = Some(token);
         Ok(true)
     }
+}
+
+/// The member and the token a call or stream was sent with.
+#[derive(Clone, Debug)]
+pub(crate) struct Attempt {
+    member: usize,
+    token: Option<HeaderValue>,
 }
 
 /// Dials every endpoint at once; returns the first that connects, and its index.
