@@ -16,6 +16,13 @@ use crate::{tls, wire};
 /// Creates a [`Client`] from `cfg`, its blanks filled from the `ETCD3_*`
 /// environment variables (see [`new_config`](crate::new_config)).
 ///
+/// Like the Go package's `NewClient`, it does not wait for etcd: it checks the
+/// configuration and returns, and each call then connects within the dial
+/// timeout (see [`Client::connect_lazy`]). A service may so start before etcd,
+/// and its sessions and elections join in once etcd is up. Only a bad
+/// configuration fails here; use [`Client::connect`] to also prove at start
+/// that the endpoints are etcd.
+///
 /// ```no_run
 /// # async fn run() -> etcdutil::Result<()> {
 /// // ETCD3_ENDPOINT=10.0.0.1:2379,10.0.0.2:2379 or the default 127.0.0.1:2379
@@ -23,7 +30,7 @@ use crate::{tls, wire};
 /// # Ok(()) }
 /// ```
 pub async fn new_client(cfg: Option<Config>) -> Result<Client> {
-    Client::connect(config::new_config(cfg)?).await
+    Client::connect_lazy(config::new_config(cfg)?)
 }
 
 /// A connection to etcd: cheap to clone, every method takes `&self`.
@@ -51,33 +58,17 @@ struct Inner {
     grants: tokio::sync::Semaphore,
 }
 
-/// How many LeaseGrants one client has in flight at once.
-const GRANTS_IN_FLIGHT: usize = 64;
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
+/// A checked config and what the transport is built from.
+struct Setup {
+    config: Config,
+    uris: Vec<http::Uri>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    dial_timeout: std::time::Duration,
+    credentials: Option<(String, String)>,
 }
 
-impl Client {
-    /// Connects to the first of `config.endpoints` that answers within the dial
-    /// timeout, and authenticates if a user name is set. Blank fields get their
-    /// defaults; the environment is not read (use [`new_client`] for that).
-    ///
-    /// ```no_run
-    /// use etcdutil::{Client, Config};
-    /// # async fn run() -> etcdutil::Result<()> {
-    /// let client = Client::connect(Config {
-    ///     endpoints: vec!["127.0.0.1:2379".into()],
-    ///     ..Default::default()
-    /// })
-    /// .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn connect(config: Config) -> Result<Client> {
+impl Setup {
+    fn new(config: Config) -> Result<Setup> {
         let config = config::new_config_with_env(Some(config), |_| None)?;
         if config.debug {
             wire::enable_stderr();
@@ -94,31 +85,102 @@ impl Client {
             .username
             .clone()
             .map(|user| (user, config.password.clone().unwrap_or_default()));
+        Ok(Setup {
+            config,
+            uris,
+            tls,
+            dial_timeout,
+            credentials,
+        })
+    }
+}
+
+/// How many LeaseGrants one client has in flight at once.
+const GRANTS_IN_FLIGHT: usize = 64;
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the first of `config.endpoints` that answers within the dial
+    /// timeout, checks that it is etcd (it answers a Status request), and
+    /// authenticates if a user name is set: a wrong address or password fails
+    /// here, at start. Blank fields get their defaults; the environment is not
+    /// read (use [`new_client`] for that).
+    ///
+    /// ```no_run
+    /// use etcdutil::{Client, Config};
+    /// # async fn run() -> etcdutil::Result<()> {
+    /// let client = Client::connect(Config {
+    ///     endpoints: vec!["127.0.0.1:2379".into()],
+    ///     ..Default::default()
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(config: Config) -> Result<Client> {
+        let setup = Setup::new(config)?;
         let started = tokio::time::Instant::now();
-        let transport = Transport::connect(uris.clone(), tls, dial_timeout, credentials).await?;
+        let transport = Transport::connect(
+            setup.uris.clone(),
+            setup.tls.clone(),
+            setup.dial_timeout,
+            setup.credentials.clone(),
+        )
+        .await?;
         // With credentials: a token now, so wrong ones fail here, not later;
         // within what is left of the dial timeout.
-        let left = dial_timeout.saturating_sub(started.elapsed());
+        let left = setup.dial_timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, transport.renew_token(None)).await {
             Ok(renewed) => renewed?,
             Err(_) => {
-                let endpoints = crate::transport::endpoint_list(&uris);
                 return Err(Error::Connect {
-                    endpoints,
-                    timeout: dial_timeout,
+                    endpoints: crate::transport::endpoint_list(&setup.uris),
+                    timeout: setup.dial_timeout,
                     source: None,
                 });
             }
         };
+        Ok(Client::with_transport(setup.config, transport))
+    }
+
+    /// A client that connects to etcd on its first call, not now: it can be
+    /// made while etcd is down. Each call waits up to the dial timeout for a
+    /// connection (trying every endpoint) and fails with an error if none
+    /// answers; sessions and elections retry until etcd is up. Fails only on
+    /// a bad configuration. Must be called within a tokio runtime.
+    ///
+    /// ```no_run
+    /// use etcdutil::{Client, Config};
+    /// # async fn run() -> etcdutil::Result<()> {
+    /// let client = Client::connect_lazy(Config {
+    ///     endpoints: vec!["127.0.0.1:2379".into()],
+    ///     ..Default::default()
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_lazy(config: Config) -> Result<Client> {
+        let setup = Setup::new(config)?;
+        let transport =
+            Transport::lazy(setup.uris, setup.tls, setup.dial_timeout, setup.credentials);
+        Ok(Client::with_transport(setup.config, transport))
+    }
+
+    fn with_transport(config: Config, transport: Transport) -> Client {
         let keepalive = KeepAlive::start(transport.clone());
-        Ok(Client {
+        Client {
             inner: Arc::new(Inner {
                 config,
                 transport,
                 keepalive,
                 grants: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
             }),
-        })
+        }
     }
 
     /// A turn to grant a lease.

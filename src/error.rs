@@ -5,6 +5,7 @@
 //! of their own; every other gRPC status is [`Error::Rpc`]. The raw
 //! [`tonic::Status`] stays reachable through [`Error::status`] and `source()`.
 
+use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub enum Error {
     /// The requested revision was compacted away.
     #[error("revision compacted")]
     Compacted(#[source] Status),
+    /// The member could not serve the request in time or is going away
+    /// (etcd's `request timed out` family, `leader changed`, `server stopped`).
+    #[error("etcd member could not serve the request")]
+    MemberUnavailable(#[source] Status),
     /// The election has no leader (etcd's `election: no leader`).
     #[error("election has no leader")]
     ElectionNoLeader(#[source] Status),
@@ -117,6 +122,14 @@ pub enum Error {
         /// The stream's RPC, e.g. `LeaseKeepAlive`.
         stream: &'static str,
     },
+    /// etcd canceled a watch: the revision was compacted, or it refused it.
+    #[error("etcd canceled the watch: {reason}")]
+    WatchCanceled {
+        /// etcd's reason, e.g. `etcdserver: permission denied`.
+        reason: String,
+        /// The oldest revision left, when the start was compacted away (else 0).
+        compact_revision: i64,
+    },
     /// A call to etcd got no answer in time.
     #[error("{what} got no answer from etcd within {after:?}")]
     Timeout {
@@ -128,6 +141,12 @@ pub enum Error {
     /// Only the election's leader may do this, and we do not lead.
     #[error("not the election's leader")]
     NotLeader,
+    /// etcd's answer was well-formed but not what the protocol promises.
+    #[error("unexpected answer from etcd: {what}")]
+    UnexpectedResponse {
+        /// What was wrong with it.
+        what: String,
+    },
     /// Any other gRPC status: etcd's own message and the code. The status,
     /// and the transport error under it if any, stay reachable through
     /// [`Error::status`].
@@ -147,6 +166,7 @@ impl Error {
             Error::Auth { source, .. } => Some(source),
             Error::LeaseNotFound(s)
             | Error::NoLeader(s)
+            | Error::MemberUnavailable(s)
             | Error::InvalidAuthToken(s)
             | Error::AuthOldRevision(s)
             | Error::Compacted(s)
@@ -159,9 +179,26 @@ impl Error {
 }
 
 impl Error {
-    /// etcd rejected the auth token: authenticate again and retry.
-    pub(crate) fn is_token_rejected(&self) -> bool {
-        matches!(self, Error::InvalidAuthToken(_) | Error::AuthOldRevision(_))
+    /// etcd rejected the auth token: authenticate again and retry the call.
+    /// The transport does this by itself, once per call.
+    ///
+    /// ```
+    /// // etcd's Election service forwards the error with gRPC code Unknown.
+    /// let err = etcdutil::Error::from(tonic::Status::unknown("etcdserver: invalid auth token"));
+    /// assert!(err.is_token_rejected());
+    /// ```
+    pub fn is_token_rejected(&self) -> bool {
+        match self {
+            Error::InvalidAuthToken(_) | Error::AuthOldRevision(_) => true,
+            // etcd refuses a watch whose stream's token expired as not permitted.
+            Error::WatchCanceled { reason, .. } => {
+                reason.contains("permission denied")
+                    || by_message(reason).is_some_and(|variant| {
+                        variant(Status::unknown(reason.clone())).is_token_rejected()
+                    })
+            }
+            _ => false,
+        }
     }
 
     /// A long-lived stream ended without an error.
@@ -169,40 +206,97 @@ impl Error {
         matches!(self, Error::StreamEnded { .. })
     }
 
-    /// The member we talk to failed us: another one may do better.
-    pub(crate) fn is_member_failure(&self) -> bool {
+    /// The member we talk to failed us, and another one may do better: no
+    /// answer, a lost connection, a member without a raft leader, or etcd's
+    /// "request timed out" family. An error etcd answered for the call itself
+    /// (whatever its gRPC code) is not one.
+    ///
+    /// ```
+    /// use etcdutil::Error;
+    /// assert!(Error::from(tonic::Status::unavailable("etcdserver: no leader")).is_member_failure());
+    /// assert!(!Error::from(tonic::Status::unknown("election: not leader")).is_member_failure());
+    /// ```
+    pub fn is_member_failure(&self) -> bool {
         match self {
             Error::NoLeader(_)
+            | Error::MemberUnavailable(_)
             | Error::Timeout { .. }
             | Error::StreamEnded { .. }
             | Error::LeaseDeadline { .. } => true,
-            Error::Rpc(status) => matches!(
-                status.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-            ),
+            // A status with a source was made by tonic from a transport
+            // failure; etcd's own answers carry none.
+            Error::Rpc(status) => {
+                status.source().is_some()
+                    || matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+            }
             _ => false,
         }
     }
+
+    /// Worth trying again, after a pause: the member failed (another may
+    /// answer) or the token was rejected (a new one is fetched).
+    ///
+    /// ```no_run
+    /// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+    /// use etcdutil::proto::etcdserverpb::RangeRequest;
+    /// let mut tries = 0;
+    /// let response = loop {
+    ///     let request = RangeRequest { key: b"/config".to_vec(), ..Default::default() };
+    ///     match client.kv().range(request).await.map_err(etcdutil::Error::from) {
+    ///         Err(error) if error.is_retryable() && tries < 3 => {
+    ///             tries += 1;
+    ///             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    ///         }
+    ///         result => break result?,
+    ///     }
+    /// };
+    /// # Ok(()) }
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        self.is_member_failure() || self.is_token_rejected()
+    }
 }
+
+/// Makes one of the [`Error`] variants that hold etcd's status.
+type Variant = fn(Status) -> Error;
+
+/// etcd's error messages that this crate acts on, and the variant each maps
+/// to, whatever gRPC code carried it: etcd's Election service forwards the
+/// errors of its in-process client with code Unknown, so only the message
+/// tells them apart (as the Go client's `rpctypes` does).
+const BY_MESSAGE: &[(&str, Variant)] = &[
+    (
+        "etcdserver: requested lease not found",
+        Error::LeaseNotFound,
+    ),
+    ("etcdserver: invalid auth token", Error::InvalidAuthToken),
+    (
+        "etcdserver: revision of auth store is old",
+        Error::AuthOldRevision,
+    ),
+    ("required revision has been compacted", Error::Compacted),
+    ("etcdserver: no leader", Error::NoLeader),
+    ("etcdserver: request timed out", Error::MemberUnavailable),
+    ("etcdserver: leader changed", Error::MemberUnavailable),
+    ("etcdserver: server stopped", Error::MemberUnavailable),
+    ("election: no leader", Error::ElectionNoLeader),
+    ("election: not leader", Error::ElectionNotLeader),
+];
 
 impl From<Status> for Error {
     /// Maps etcd's error messages (which gRPC codes alone do not tell apart) to variants.
     fn from(status: Status) -> Self {
-        let message = status.message();
-        let has = |text: &str| message.contains(text);
-        match status.code() {
-            Code::NotFound if has("requested lease not found") => Error::LeaseNotFound(status),
-            Code::Unauthenticated if has("invalid auth token") => Error::InvalidAuthToken(status),
-            Code::InvalidArgument if has("revision of auth store is old") => {
-                Error::AuthOldRevision(status)
-            }
-            Code::OutOfRange if has("required revision has been compacted") => {
-                Error::Compacted(status)
-            }
-            _ if has("etcdserver: no leader") => Error::NoLeader(status),
-            _ if has("election: no leader") => Error::ElectionNoLeader(status),
-            _ if has("election: not leader") => Error::ElectionNotLeader(status),
-            _ => Error::Rpc(status),
+        match by_message(status.message()) {
+            Some(variant) => variant(status),
+            None => Error::Rpc(status),
         }
     }
+}
+
+/// The variant for one of etcd's error messages, if it is in the table.
+fn by_message(message: &str) -> Option<Variant> {
+    BY_MESSAGE
+        .iter()
+        .find(|(text, _)| message.contains(text))
+        .map(|(_, variant)| *variant)
 }

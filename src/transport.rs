@@ -78,6 +78,8 @@ struct Shared {
     channels: Vec<Channel>,
     /// The member calls go to; moved on by [`Transport::failover_from`].
     current: AtomicUsize,
+    /// How long a connection, or an authentication, may take.
+    dial_timeout: Duration,
     credentials: Option<Credentials>,
 }
 
@@ -108,8 +110,26 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Dials every endpoint at once and starts on the first that connects;
-    /// the others are connected on demand, when a failover reaches them.
+    /// A transport that connects to each member on its first call, so that
+    /// it can be made before etcd is up; every call waits up to
+    /// `dial_timeout` for its connection.
+    pub(crate) fn lazy(
+        uris: Vec<Uri>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        dial_timeout: Duration,
+        credentials: Option<(String, String)>,
+    ) -> Transport {
+        let connector = Connector { tls };
+        let channels = endpoints(&uris, dial_timeout)
+            .into_iter()
+            .map(|endpoint| endpoint.connect_with_connector_lazy(connector.clone()))
+            .collect();
+        Transport::new(uris, channels, 0, dial_timeout, credentials)
+    }
+
+    /// Dials every endpoint at once and starts on the first that connects
+    /// and proves to be etcd; the others are connected on demand, when a
+    /// failover reaches them.
     pub(crate) async fn connect(
         uris: Vec<Uri>,
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -117,21 +137,29 @@ impl Transport {
         credentials: Option<(String, String)>,
     ) -> Result<Transport> {
         let connector = Connector { tls };
-        let endpoints: Vec<Endpoint> = uris
-            .iter()
-            .map(|uri| {
-                Endpoint::from(uri.clone())
-                    .connect_timeout(dial_timeout)
-                    .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-                    .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-            })
-            .collect();
+        let endpoints = endpoints(&uris, dial_timeout);
         let mut channels: Vec<Channel> = endpoints
             .iter()
             .map(|endpoint| endpoint.connect_with_connector_lazy(connector.clone()))
             .collect();
         let (first, channel) = dial_first(&uris, &endpoints, connector, dial_timeout).await?;
         channels[first] = channel;
+        Ok(Transport::new(
+            uris,
+            channels,
+            first,
+            dial_timeout,
+            credentials,
+        ))
+    }
+
+    fn new(
+        uris: Vec<Uri>,
+        channels: Vec<Channel>,
+        current: usize,
+        dial_timeout: Duration,
+        credentials: Option<(String, String)>,
+    ) -> Transport {
         let credentials = credentials.map(|(user, password)| Credentials {
             user,
             password,
@@ -141,13 +169,14 @@ impl Transport {
         let shared = Shared {
             uris,
             channels,
-            current: AtomicUsize::new(first),
+            current: AtomicUsize::new(current),
+            dial_timeout,
             credentials,
         };
-        Ok(Transport {
+        Transport {
             shared: Arc::new(shared),
             ready: None,
-        })
+        }
     }
 
     /// The endpoint calls go to now.
@@ -209,45 +238,48 @@ impl Transport {
     }
 
     /// Authenticates (again) and keeps the new token for every later call.
-    /// `stale` is the token a failed call carried: if another call already
-    /// replaced it, that token is used and etcd is not asked again. True if
-    /// etcd gave a new token.
+    /// `stale` is the token a failed call carried (`None`: no token yet). True
+    /// if a newer token than `stale` is now in place, whether etcd just gave
+    /// it or another call had already renewed it (then etcd is not asked
+    /// again); false without credentials. Bounded by the dial timeout.
     pub(crate) async fn renew_token(&self, stale: Option<&HeaderValue>) -> Result<bool> {
         let Some(credentials) = &self.shared.credentials else {
             return Ok(false);
         };
         let _one_at_a_time = credentials.renewing.lock().await;
         if self.token().as_ref() != stale {
-            return Ok(false);
+            return Ok(true);
         }
         let request = AuthenticateRequest {
             name: credentials.user.clone(),
             password: credentials.password.clone(),
         };
         // Through a transport without credentials: no token, no renewal loop.
-        let bare = Transport {
-            shared: Arc::new(Shared {
-                uris: self.shared.uris.clone(),
-                channels: self.shared.channels.clone(),
-                current: AtomicUsize::new(self.shared.current.load(Ordering::SeqCst)),
-                credentials: None,
-            }),
-            ready: None,
-        };
-        let response = AuthClient::new(bare)
-            .authenticate(request)
+        let bare = Transport::new(
+            self.shared.uris.clone(),
+            self.shared.channels.clone(),
+            self.shared.current.load(Ordering::SeqCst),
+            self.shared.dial_timeout,
+            None,
+        );
+        let limit = self.shared.dial_timeout;
+        let answer = tokio::time::timeout(limit, AuthClient::new(bare).authenticate(request))
             .await
-            .map_err(|status| match status.code() {
-                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Error::Auth {
-                    user: credentials.user.clone(),
-                    source: status,
-                },
-                _ => Error::from(status),
+            .map_err(|_| Error::Timeout {
+                what: "Authenticate",
+                after: limit,
             })?;
+        let response = answer.map_err(|status| match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Error::Auth {
+                user: credentials.user.clone(),
+                source: status,
+            },
+            _ => Error::from(status),
+        })?;
         let token = HeaderValue::try_from(response.into_inner().token).map_err(|_| {
-            Error::Rpc(tonic::Status::internal(
-                "etcd returned a token that is not a header value",
-            ))
+            Error::UnexpectedResponse {
+                what: "Authenticate returned a token that is not an HTTP header value".into(),
+            }
         })?;
         *credentials.token.write().expect("token lock") = Some(token);
         Ok(true)
@@ -259,6 +291,18 @@ impl Transport {
 pub(crate) struct Attempt {
     member: usize,
     token: Option<HeaderValue>,
+}
+
+/// One endpoint per member, with the dial timeout and HTTP/2 pings.
+fn endpoints(uris: &[Uri], dial_timeout: Duration) -> Vec<Endpoint> {
+    uris.iter()
+        .map(|uri| {
+            Endpoint::from(uri.clone())
+                .connect_timeout(dial_timeout)
+                .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+                .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        })
+        .collect()
 }
 
 /// Dials every endpoint at once; returns the first that connects, and its index.
@@ -317,11 +361,10 @@ async fn dial(endpoint: Endpoint, connector: Connector) -> Result<Channel, Share
 }
 
 /// Whether a failed call never reached etcd: its channel could not connect.
-/// (tonic's connect failure type is private; its Debug name is all we have.)
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(error) = current {
-        if format!("{error:?}").starts_with("ConnectError") {
+        if error.is::<tonic::ConnectError>() {
             return true;
         }
         current = error.source();
@@ -329,16 +372,13 @@ fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Whether a trailers-only answer says the token must be renewed.
+/// Whether a trailers-only answer (an error without a message) says the
+/// token must be renewed, by etcd's message, whatever the gRPC code.
 fn token_rejected(response: &http::Response<Body>) -> bool {
     let headers = response.headers();
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("");
-    match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
-        Some("16") => message.contains("invalid auth token"),
-        Some("3") => message.contains("revision of auth store is old"),
+    match headers.get("grpc-status") {
+        Some(code) if code != "0" => tonic::Status::from_header_map(headers)
+            .is_some_and(|status| Error::from(status).is_token_rejected()),
         _ => false,
     }
 }
@@ -396,6 +436,10 @@ impl Transport {
         request: http::Request<Body>,
         method: &str,
     ) -> Result<http::Response<Body>, BoxError> {
+        if self.shared.credentials.is_some() && self.token().is_none() {
+            // The first call of a client made before etcd was up: get a token.
+            self.renew_token(None).await?;
+        }
         let retries = self.shared.credentials.is_some() || self.shared.channels.len() > 1;
         if !retries || OPEN_ENDED.contains(&method) {
             let mut request = request;
