@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -53,8 +54,13 @@ pub const DEFAULT_SESSION_TTL: i64 = 30;
 /// ```
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
-/// Retry after a failed grant: from 500 ms, doubling, up to the TTL.
+/// Retry after a failed grant: from 500 ms, doubling, up to the TTL or
+/// [`MAX_BACKOFF`], whichever is shorter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The longest pause between grants: a service started before etcd holds a
+/// lease within 3 s of etcd coming up, whatever its TTL.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Called with the lease id on every gain, and with [`NO_LEASE`] (and the
 /// error that caused it, if any) on every loss. Calls never overlap and come
@@ -99,6 +105,12 @@ impl std::fmt::Debug for SessionConfig {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// How long closing may take: the TTL, and 1 s for what etcd is asked to
+/// do, less room for the caller to be told.
+pub(crate) fn close_budget(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(1) as u64) + Duration::from_millis(800)
 }
 
 /// The safety margin of the deadline rule in the module docs.
@@ -161,6 +173,8 @@ struct Control {
     closed: AtomicBool,
     /// Handle to worker: look at `resets` and `closed`.
     wake: Notify,
+    /// When the worker must have finished closing; set by the first close.
+    close_by: std::sync::Mutex<Option<Instant>>,
     /// Set by the worker as it ends.
     done: AtomicBool,
     finished: Notify,
@@ -199,6 +213,7 @@ impl Session {
             lease: lease_tx,
             control: control.clone(),
             resets_seen: 0,
+            revokes: JoinSet::new(),
         };
         tokio::spawn(worker.run());
         Ok(Session {
@@ -252,15 +267,23 @@ impl Session {
         self.control.wake.notify_one();
     }
 
-    /// Stops the keepalive, revokes the lease (waiting at most the TTL), and
-    /// calls the observer with `NO_LEASE` one last time. Returns once the
-    /// background task has finished. Calling it again just waits for that.
+    /// Stops the keepalive, revokes the lease, and calls the observer with
+    /// `NO_LEASE` one last time. Returns once the background task has
+    /// finished, within TTL + 1 s even if etcd is unreachable. When etcd is
+    /// reachable, no lease of this session is left in etcd then: not the
+    /// current one, not one given up after a loss, not one whose grant was
+    /// still in flight. Calling it again just waits for the first close.
     ///
     /// ```no_run
     /// # async fn f(session: etcdutil::Session) { session.close().await; }
     /// ```
     pub async fn close(&self) {
-        self.signal_close();
+        self.close_by(Instant::now() + close_budget(self.ttl)).await
+    }
+
+    /// Closes as [`close`](Self::close) does, finishing by `deadline`.
+    pub(crate) async fn close_by(&self, deadline: Instant) {
+        self.signal_close(deadline);
         loop {
             let finished = self.control.finished.notified();
             tokio::pin!(finished);
@@ -273,7 +296,12 @@ impl Session {
         }
     }
 
-    fn signal_close(&self) {
+    fn signal_close(&self, deadline: Instant) {
+        self.control
+            .close_by
+            .lock()
+            .expect("close lock")
+            .get_or_insert(deadline);
         self.control.closed.store(true, Ordering::SeqCst);
         self.control.wake.notify_one();
     }
@@ -282,7 +310,7 @@ impl Session {
 impl Drop for Session {
     /// Closes in the background: the task revokes the lease and ends.
     fn drop(&mut self) {
-        self.signal_close();
+        self.signal_close(Instant::now() + close_budget(self.ttl));
     }
 }
 
@@ -300,6 +328,9 @@ struct Worker {
     lease: watch::Sender<i64>,
     control: Arc<Control>,
     resets_seen: u64,
+    /// Revokes of leases given up (lost or reset) that may still run:
+    /// closing waits for them, so that no lease outlives `close()`.
+    revokes: JoinSet<()>,
 }
 
 /// The next command to the worker: waits for one.
@@ -330,6 +361,14 @@ impl Worker {
 
     async fn run(mut self) {
         self.work().await;
+        // Leases given up before the close: their revokes must end first.
+        let deadline = self.close_deadline();
+        let revokes = &mut self.revokes;
+        let _ = tokio::time::timeout_at(deadline, async {
+            while revokes.join_next().await.is_some() {}
+        })
+        .await;
+        self.report(NO_LEASE, None);
         self.control.done.store(true, Ordering::SeqCst);
         self.control.finished.notify_waiters();
     }
@@ -340,14 +379,29 @@ impl Worker {
             // How the grant, and then the keepalives, reach etcd: a failure
             // moves calls off that member (once, however many sessions saw it).
             let attempt = self.client.transport_ref().attempt();
+            let mut granting = Box::pin(grant(self.client.clone(), self.ttl));
             let granted = tokio::select! {
                 biased;
-                command = next_command(&self.control, &mut self.resets_seen) => match command {
-                    Command::Reset => continue,
-                    Command::Close => break,
-                },
+                command = next_command(&self.control, &mut self.resets_seen) => {
+                    // A grant etcd may already have applied: let it finish,
+                    // and revoke what it got.
+                    let deadline = match command {
+                        Command::Reset => Instant::now() + self.ttl(),
+                        Command::Close => self.close_deadline(),
+                    };
+                    let client = self.client.clone();
+                    self.revokes.spawn(async move {
+                        if let Ok(Ok((id, _, _))) = tokio::time::timeout_at(deadline, granting).await {
+                            revoke(client, id, deadline).await;
+                        }
+                    });
+                    match command {
+                        Command::Reset => continue,
+                        Command::Close => break,
+                    }
+                }
                 // Boxed: an idle session's task should not carry a request's buffers.
-                granted = Box::pin(grant(&self.client, self.ttl)) => granted,
+                granted = &mut granting => granted,
             };
             let (id, ttl, sent_at) = match granted {
                 Ok(granted) => granted,
@@ -357,7 +411,7 @@ impl Worker {
                     if !self.pause(backoff).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(self.ttl());
+                    backoff = (backoff * 2).min(self.ttl()).min(MAX_BACKOFF);
                     continue;
                 }
             };
@@ -373,19 +427,28 @@ impl Worker {
                     self.client.transport_ref().recover(&hint, &attempt).await;
                     // The lease may still live on etcd (say, the network hangs):
                     // revoke it, so its keys go as soon as etcd hears us.
-                    tokio::spawn(revoke(self.client.clone(), id, self.ttl()));
+                    let deadline = Instant::now() + self.ttl();
+                    self.revokes
+                        .spawn(revoke(self.client.clone(), id, deadline));
                 }
                 End::Reset => {
                     self.report(NO_LEASE, None);
-                    tokio::spawn(revoke(self.client.clone(), id, self.ttl()));
+                    let deadline = Instant::now() + self.ttl();
+                    self.revokes
+                        .spawn(revoke(self.client.clone(), id, deadline));
                 }
                 End::Close => {
-                    revoke(self.client.clone(), id, self.ttl()).await;
+                    revoke(self.client.clone(), id, self.close_deadline()).await;
                     break;
                 }
             }
         }
-        self.report(NO_LEASE, None);
+    }
+
+    /// When closing must be done by (set before the worker sees the close).
+    fn close_deadline(&self) -> Instant {
+        let close_by = *self.control.close_by.lock().expect("close lock");
+        close_by.unwrap_or_else(|| Instant::now() + close_budget(self.ttl))
     }
 
     /// Sleeps `backoff`; false if the session was closed meanwhile.
@@ -423,7 +486,7 @@ impl Worker {
 }
 
 /// Grants a lease of `ttl` seconds; returns its id, TTL and when the request was sent.
-async fn grant(client: &Client, ttl: i64) -> Result<(i64, i64, Instant)> {
+async fn grant(client: Client, ttl: i64) -> Result<(i64, i64, Instant)> {
     // A burst of sessions (10,000 made at once) waits here rather than
     // flooding etcd, which answers "too many requests" past its queue.
     let _permit = client.grant_permit().await;
@@ -438,7 +501,9 @@ async fn grant(client: &Client, ttl: i64) -> Result<(i64, i64, Instant)> {
         })??
         .into_inner();
     if !response.error.is_empty() {
-        return Err(Error::Rpc(tonic::Status::unknown(response.error)));
+        return Err(Error::UnexpectedResponse {
+            what: format!("LeaseGrant answered with error {:?}", response.error),
+        });
     }
     Ok((response.id, response.ttl, sent_at))
 }
@@ -449,10 +514,10 @@ fn deadline(sent_at: Instant, ttl: i64) -> Instant {
     sent_at + ttl - safety_margin(ttl)
 }
 
-/// Revokes a lease, best effort, giving up after `limit`.
-async fn revoke(client: Client, id: i64, limit: Duration) {
-    let _ = tokio::time::timeout(
-        limit,
+/// Revokes a lease, best effort, giving up at `deadline`.
+async fn revoke(client: Client, id: i64, deadline: Instant) {
+    let _ = tokio::time::timeout_at(
+        deadline,
         client.lease().lease_revoke(LeaseRevokeRequest { id }),
     )
     .await;

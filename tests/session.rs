@@ -289,3 +289,53 @@ async fn bad_ttl_is_refused_before_anything_is_sent() {
         .unwrap();
     assert!(leases.into_inner().leases.is_empty(), "no stray lease");
 }
+
+/// A session closed at once, while its grant may still be in flight, leaves
+/// no lease once `close()` returns: the grant is let finish and revoked.
+#[tokio::test]
+async fn close_right_after_new_leaves_no_lease() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    for round in 0..20 {
+        let session = Session::new(
+            &client,
+            SessionConfig {
+                ttl: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        if round % 2 == 1 {
+            // Let the grant leave, but not come back.
+            tokio::task::yield_now().await;
+        }
+        within(7.0, "close", session.close()).await;
+        assert_eq!(
+            lease_ids(&client).await,
+            Vec::<i64>::new(),
+            "round {round}: a lease outlived close()"
+        );
+    }
+}
+
+/// A client made while etcd is down: the session reports each failed grant,
+/// then holds a lease within 3 s of etcd coming up.
+#[tokio::test]
+async fn session_on_a_client_made_before_etcd_gets_a_lease_once_it_is_up() {
+    let mut etcd = etcd().await;
+    etcd.stop().await.unwrap();
+    let client =
+        etcdutil::Client::connect_lazy(etcd.config()).expect("a lazy client needs no etcd");
+    let (observer, mut calls) = Recorder::new();
+    let session = Session::new(&client, SessionConfig { ttl: 2, observer }).unwrap();
+    let error = calls
+        .no_lease(10.0)
+        .await
+        .expect("the failed grant's error");
+    assert!(error.is_member_failure(), "{error:?}");
+    etcd.restart().await.unwrap();
+    let lease = calls.lease(3.0).await;
+    assert_eq!(session.lease_id(), lease);
+    session.close().await;
+    assert_eq!(lease_ids(&client).await, Vec::<i64>::new());
+}
