@@ -1,22 +1,37 @@
-//! Leader election through etcd's server-side Election service.
+//! Leader election on etcd, with the keys and rules of etcd's Election service.
 //!
 //! A candidate is a key `/elections/<election>/<lease id in hex>` attached to
-//! its [`Session`]'s lease, put there by etcd's `Campaign` RPC; the leader is
-//! the live key with the lowest create revision, and that revision is the
-//! leader's fencing token ([`LeaderKey::rev`]). These are the keys and the
-//! rules of etcd's own `concurrency` recipe, so `etcdctl elect` and any other
-//! etcd client can join or watch the same election.
+//! its [`Session`]'s lease; the leader is the live key with the lowest create
+//! revision, and that revision is the leader's fencing token
+//! ([`LeaderKey::rev`]). These are the keys and the rules of etcd's own
+//! `concurrency` recipe and of its server-side `Campaign`, so `etcdctl elect`
+//! and any other etcd client can join or watch the same election.
+//!
+//! We enter the race with etcd's Campaign's first step done by hand (a
+//! put-if-absent Txn, which also reads the leader), follow the candidates
+//! with a Watch of our own (the `observe` module; it says why not etcd's
+//! `Observe`), and end a term with etcd's `Resign`; `Proclaim` and `Leader`
+//! are etcd's RPCs too.
 //!
 //! # Who decides that we lead
 //!
-//! Only etcd's `Observe` stream, which reports every change of leader (and of
-//! the leader's data) in revision order. We lead while the observed leader is
-//! our key, with our session's current lease, and that lease is alive by the
-//! session's deadline rule. `Campaign` only enters the race; its return is not
-//! trusted on its own, because a reply can overtake an older `Observe` message
-//! and make leadership flap. Stepping down never waits for etcd: the lease's
-//! loss, `concede` and `close` clear [`Election::is_leader`] before anything is
-//! sent, so a new leader cannot be elected while we still believe we lead.
+//! The observer, which reports every change of leader (and of the leader's
+//! data) in revision order. We lead while the observed leader is our key,
+//! with our session's current lease, that lease is alive by the session's
+//! deadline rule, and no candidate of the Go package entered before our key
+//! (see "Mixed fleets" below). A report older than one already acted on is
+//! ignored. Stepping down never waits for etcd: the lease's loss, `concede`
+//! and `close` clear [`Election::is_leader`] before anything is sent, so a
+//! new leader cannot be elected while we still believe we lead.
+//!
+//! # Mixed fleets with the Go package
+//!
+//! `github.com/mailgun/holster/v4/etcdutil` writes its candidate as
+//! `/elections/<name><lease hex>` (no `/`) and takes the oldest key under
+//! the prefix `/elections/<name>` for the leader, ours included. So a Go
+//! candidate that enters after ours defers to ours by its own rule; one that
+//! entered before ours is read in the same Txn that enters ours, and we do
+//! not lead until its key is gone (we watch it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,20 +40,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::observe::{Leader, Report, oldest_first, prefix_range, run_observe, until_deleted};
 use crate::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse, compare,
-    range_request, request_op, response_op,
+    Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, compare,
+    request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::proto::v3electionpb::{
-    CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
-};
-use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl};
-use crate::transport::{Attempt, require_leader};
+use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest};
+use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};
+use crate::transport::Attempt;
 
 /// Where elections live in etcd's key space.
 ///
@@ -176,42 +191,6 @@ pub fn election_key(election: &str) -> Result<String> {
     Ok(format!("{ELECTION_PREFIX}/{}", parts.join("/")))
 }
 
-/// A leader as etcd reports it.
-///
-/// ```no_run
-/// # async fn f(client: etcdutil::Client) -> etcdutil::Result<()> {
-/// if let Some(leader) = etcdutil::leader(&client, "jobs").await? {
-///     println!("{} leads (key {}, fencing token {})", leader.data, leader.key, leader.rev);
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Leader {
-    /// Its key, `/elections/<name>/<lease hex>`.
-    pub key: String,
-    /// Its data: candidate name or proclaimed value.
-    pub data: String,
-    /// The key's create revision: the fencing token of its term.
-    pub rev: i64,
-    /// The lease the key is attached to.
-    pub lease: i64,
-    /// The etcd revision this report is current as of: a report as of a
-    /// later revision supersedes it.
-    pub as_of_rev: i64,
-}
-
-impl Leader {
-    fn new(kv: KeyValue, header: Option<ResponseHeader>) -> Leader {
-        Leader {
-            key: String::from_utf8_lossy(&kv.key).into_owned(),
-            data: String::from_utf8_lossy(&kv.value).into_owned(),
-            rev: kv.create_revision,
-            lease: kv.lease,
-            as_of_rev: header.map_or(kv.mod_revision, |h| h.revision),
-        }
-    }
-}
-
 /// The current leader of `election`, or `None` if nobody leads.
 ///
 /// ```no_run
@@ -231,7 +210,8 @@ async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
     match client.election().leader(LeaderRequest { name }).await {
         Ok(response) => {
             let response = response.into_inner();
-            Ok(response.kv.map(|kv| Leader::new(kv, response.header)))
+            let as_of_rev = response.header.map_or(0, |h| h.revision);
+            Ok(response.kv.map(|kv| Leader::new(&kv, as_of_rev)))
         }
         Err(status) => match Error::from(status) {
             Error::ElectionNoLeader(_) => Ok(None),
@@ -241,8 +221,10 @@ async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
 }
 
 /// A stream of leader changes of `election`, without campaigning: the current
-/// leader first, then every new leader and every Proclaim. A failed stream is
-/// reported as an `Err` item and reopened; it ends when dropped.
+/// leader first (once there is one), then every new leader and every
+/// Proclaim. A failed watch is reported as an `Err` item and reopened; the
+/// stream ends when dropped. Served by one Watch of our own (see the
+/// `observe` module docs for why not etcd's `Observe` RPC).
 ///
 /// ```no_run
 /// use tokio_stream::StreamExt;
@@ -256,52 +238,30 @@ async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
 pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStream<Result<Leader>>> {
     let name = election_key(election)?;
     let (sender, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(run_observe(client.clone(), name, sender));
+    let (report_tx, mut reports) = mpsc::unbounded_channel();
+    tokio::spawn(run_observe(client.clone(), name, report_tx, RETRY));
+    // Only leaders: a moment with no candidate is not reported here.
+    tokio::spawn(async move {
+        loop {
+            let report = tokio::select! {
+                _ = sender.closed() => return,
+                report = reports.recv() => report,
+            };
+            let item = match report {
+                None => return,
+                Some(Ok(Report { leader: None, .. })) => continue,
+                Some(Ok(Report {
+                    leader: Some(leader),
+                    ..
+                })) => Ok(leader),
+                Some(Err(error)) => Err(error),
+            };
+            if sender.send(item).is_err() {
+                return;
+            }
+        }
+    });
     Ok(UnboundedReceiverStream::new(receiver))
-}
-
-/// Keeps an Observe stream open (reopening it after failures) until `sender` closes.
-async fn run_observe(client: Client, name: String, sender: mpsc::UnboundedSender<Result<Leader>>) {
-    let mut renewed_last = false;
-    loop {
-        let request = require_leader(LeaderRequest {
-            name: name.clone().into_bytes(),
-        });
-        let mut election = client.election();
-        let attempt = client.transport_ref().attempt();
-        let failure: Error = tokio::select! {
-            _ = sender.closed() => return,
-            failure = async {
-                let mut stream = election.observe(request).await?.into_inner();
-                loop {
-                    match stream.message().await? {
-                        Some(response) => {
-                            if let Some(kv) = response.kv {
-                                let _ = sender.send(Ok(Leader::new(kv, response.header)));
-                            }
-                        }
-                        None => return Err::<(), _>(Error::StreamEnded { stream: "Observe" }),
-                    }
-                }
-            } => match failure {
-                Err(error) => error,
-                Ok(()) => unreachable!("the stream loop only ends with an error"),
-            },
-        };
-        let renewed = client.transport_ref().recover(&failure, &attempt).await;
-        if renewed && !renewed_last {
-            renewed_last = true;
-            continue; // a renewed token: reopen at once, nothing to report
-        }
-        renewed_last = renewed;
-        if sender.send(Err(failure)).is_err() {
-            return;
-        }
-        tokio::select! {
-            _ = sender.closed() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
 }
 
 /// What the handle and the session's observer share with the election task.
@@ -342,7 +302,8 @@ impl Shared {
 
 enum Command {
     Concede(oneshot::Sender<Result<bool>>),
-    Close,
+    /// Close, finishing by this instant.
+    Close(Instant),
 }
 
 /// One candidate in one election.
@@ -479,11 +440,13 @@ impl Election {
             campaign: None,
             as_of_rev: 0,
             last: None,
-            entered: false,
-            observer: Some(observed_tx),
-            campaigned: false,
+            our_rev: None,
+            observe_to: Some(observed_tx),
             announced: false,
             held_back: None,
+            observed: None,
+            blockers: Vec::new(),
+            blockers_gone: None,
         };
         tokio::spawn(async move {
             task.run(leases, observed, command_rx).await;
@@ -632,40 +595,50 @@ impl Election {
             .and_then(|r| r.response)
         {
             Some(response_op::Response::ResponseTxn(inner)) => Ok(inner),
-            _ => Err(Error::Rpc(tonic::Status::internal(
-                "etcd answered a nested Txn without its response",
-            ))),
+            _ => Err(Error::UnexpectedResponse {
+                what: "a nested Txn answered without its response".into(),
+            }),
         }
     }
 
     /// Resigns if leading, withdraws the candidacy, revokes the lease and
     /// emits `{is_leader: false}` then `{is_done: true}`, the last event.
-    /// Returns within TTL + 1 s even if etcd is unreachable. Idempotent.
+    ///
+    /// Returns only once `{is_done: true}` was emitted, within TTL + 1 s even
+    /// if etcd is unreachable (the Resign and the Revoke share that budget).
+    /// When etcd is reachable, neither our key nor our lease is left in etcd
+    /// when it returns. Idempotent: a second call waits for the first.
     ///
     /// ```no_run
     /// # async fn f(e: etcdutil::Election) { e.close().await; }
     /// ```
     pub async fn close(&self) {
-        let _ = self.commands.send(Command::Close);
+        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
+        let _ = self.commands.send(Command::Close(deadline));
         let mut done = self.done.clone();
-        let wait = done.wait_for(|done| *done);
-        let _ = tokio::time::timeout(self.ttl + Duration::from_millis(900), wait).await;
+        // The task keeps to the deadline; an Err means it is gone already.
+        let _ = done.wait_for(|done| *done).await;
     }
 }
 
 impl Drop for Election {
     /// Closes in the background: resigns, withdraws and revokes.
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Close);
+        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
+        let _ = self.commands.send(Command::Close(deadline));
     }
 }
 
 /// How far a campaign got.
 enum Step {
-    /// Our key is in etcd: we are in the race, behind (or as) this leader.
-    Entered(Option<Leader>),
-    /// etcd's Campaign returned (leadership itself is decided by Observe).
-    Returned,
+    /// Our key is in etcd: we are in the race, behind (or as) `leader`, and
+    /// behind the Go package's candidates in `go_older`, as of `as_of_rev`.
+    Entered {
+        leader: Option<Leader>,
+        our_rev: i64,
+        go_older: Vec<Leader>,
+        as_of_rev: i64,
+    },
 }
 
 /// A step of a campaign, and how its call was sent (for `Transport::recover`).
@@ -687,28 +660,30 @@ struct Task {
     as_of_rev: i64,
     /// The last (is_leader, key, data) emitted, to report only changes.
     last: Option<(bool, String, String)>,
-    /// Whether our key for the current lease is in etcd.
-    entered: bool,
-    /// Where Observe reports to, until it is started: once our key is in.
-    /// Observe then finds the leader with its first read; started earlier,
-    /// it would wait on a watch that etcd may only catch up with on its
-    /// 100 ms sync tick, delaying the first outcome by up to that.
-    observer: Option<mpsc::UnboundedSender<Result<Leader>>>,
-    /// Whether etcd's Campaign returned and Observe has not yet shown another
-    /// leader since: campaigning again would only repeat it.
-    campaigned: bool,
+    /// Our key's create revision, while it is in etcd (as far as we know).
+    our_rev: Option<i64>,
+    /// Where the observer reports to, until it is started: once our key is
+    /// in, so that its first report already counts us in the race.
+    observe_to: Option<mpsc::UnboundedSender<Result<Report>>>,
     /// Whether any leader was reported yet. Until we are in the race, another
     /// leader is held back here, so the first outcome (what `new_election`
     /// waits for) means that we are a candidate behind that leader.
     announced: bool,
     held_back: Option<Leader>,
+    /// The last leader Observe (or the entering Txn) reported, accepted.
+    observed: Option<Leader>,
+    /// Candidates of the Go package in this election (see [`go_candidates`])
+    /// that entered before our key, oldest first: we defer to them.
+    blockers: Vec<Leader>,
+    /// Resolves once every blocker is deleted.
+    blockers_gone: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Task {
     async fn run(
         mut self,
         mut leases: mpsc::UnboundedReceiver<(i64, Option<Error>)>,
-        mut observed: mpsc::UnboundedReceiver<Result<Leader>>,
+        mut observed: mpsc::UnboundedReceiver<Result<Report>>,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
         loop {
@@ -718,28 +693,44 @@ impl Task {
                     Some(Command::Concede(reply)) => {
                         let _ = reply.send(self.concede().await);
                     }
-                    Some(Command::Close) | None => break,
+                    Some(Command::Close(deadline)) => {
+                        self.close(deadline).await;
+                        return;
+                    }
+                    None => {
+                        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
+                        self.close(deadline).await;
+                        return;
+                    }
                 },
                 Some((lease, error)) = leases.recv() => self.on_lease(lease, error),
-                Some(leader) = observed.recv() => match leader {
-                    Ok(leader) => self.on_leader(leader),
+                Some(report) = observed.recv() => match report {
+                    Ok(report) => self.on_report(report),
                     Err(error) => self.emit_error(error),
                 },
+                () = async { self.blockers_gone.as_mut().expect("guarded").await }, if self.blockers_gone.is_some() => {
+                    self.blockers_gone = None;
+                    self.blockers.clear();
+                    self.decide();
+                }
                 outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
                     self.campaign = None;
                     let (attempt, outcome) = outcome;
                     match outcome {
-                        Ok(Step::Entered(leader)) => {
-                            self.entered = true;
-                            if let Some(observer) = self.observer.take() {
-                                tokio::spawn(run_observe(self.client.clone(), self.name.clone(), observer));
+                        Ok(Step::Entered { leader, our_rev, go_older, as_of_rev }) => {
+                            self.our_rev = Some(our_rev);
+                            self.blockers_gone = (!go_older.is_empty()).then(|| {
+                                let keys = go_older.iter().map(|go| go.key.clone().into_bytes()).collect();
+                                Box::pin(until_deleted(self.client.clone(), keys, as_of_rev, RETRY)) as Pin<Box<_>>
+                            });
+                            self.blockers = go_older;
+                            if let Some(observe_to) = self.observe_to.take() {
+                                tokio::spawn(run_observe(self.client.clone(), self.name.clone(), observe_to, RETRY));
                             }
                             for leader in [self.held_back.take(), leader].into_iter().flatten() {
                                 self.on_leader(leader);
                             }
-                            self.campaign = Some(self.campaign_rpc());
                         }
-                        Ok(Step::Returned) => self.campaigned = true,
                         Err(error) => {
                             let delay = if self.client.transport_ref().recover(&error, &attempt).await {
                                 Duration::ZERO
@@ -754,7 +745,6 @@ impl Task {
             }
             self.keep_campaigning();
         }
-        self.close().await;
     }
 
     /// Our candidate's key for `lease`, as etcd's Campaign writes it.
@@ -766,8 +756,9 @@ impl Task {
         self.lease = lease;
         // A campaign on the old lease is void; dropping it cancels the RPC.
         self.campaign = None;
-        self.entered = false;
-        self.campaigned = false;
+        self.blockers.clear();
+        self.blockers_gone = None;
+        self.our_rev = None;
         if lease == NO_LEASE {
             // We stepped down in the session's observer already; say so, with
             // the cause if there was one (a reset has none).
@@ -778,27 +769,66 @@ impl Task {
         }
     }
 
-    fn on_leader(&mut self, leader: Leader) {
-        let ours = leader.key == self.our_key(self.lease)
+    /// Whether `leader` is our key, on our current lease.
+    fn is_ours(&self, leader: &Leader) -> bool {
+        self.lease != NO_LEASE
             && leader.lease == self.lease
-            && self.lease != NO_LEASE;
+            && leader.key == self.our_key(self.lease)
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report.leader {
+            Some(leader) => self.on_leader(leader),
+            None if report.as_of_rev >= self.as_of_rev => {
+                // No candidate at all: our key is gone too (deleted by
+                // someone else). Enter again; step down meanwhile.
+                self.as_of_rev = report.as_of_rev;
+                self.our_rev = None;
+                if self.observed.take().is_some() {
+                    let mut state = self.shared.state.lock().expect("state lock");
+                    self.shared.step_down(&mut state);
+                    drop(state);
+                    self.emit(ElectionEvent::default());
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_leader(&mut self, leader: Leader) {
         if leader.as_of_rev < self.as_of_rev {
             return;
         }
         self.as_of_rev = leader.as_of_rev;
-        if !self.announced && !ours && !self.entered {
+        let ours = self.is_ours(&leader);
+        if !self.announced && !ours && self.our_rev.is_none() {
             self.held_back = Some(leader);
             return;
         }
         self.announced = true;
-        if !ours {
-            // Someone else leads: if our campaign had returned, our key is gone.
-            self.campaigned = false;
+        if self.our_rev.is_some_and(|our_rev| leader.rev > our_rev) {
+            // A younger key leads: ours is gone. Enter again.
+            self.our_rev = None;
         }
+        self.observed = Some(leader);
+        self.decide();
+    }
+
+    /// Leads if the observed leader is our key and no Go candidate entered
+    /// before it; reports the leader otherwise (the oldest of the two).
+    fn decide(&mut self) {
+        let Some(observed) = self.observed.clone() else {
+            return;
+        };
+        let ours = self.is_ours(&observed);
+        let leader = match self.blockers.first() {
+            Some(go) if go.rev < observed.rev => go.clone(),
+            _ => observed,
+        };
         let is_leader = {
             let mut state = self.shared.state.lock().expect("state lock");
             // The session may have lost the lease since this message was sent.
-            if ours && state.lease == leader.lease {
+            if ours && self.blockers.is_empty() && state.lease == leader.lease {
                 state.term = Some(LeaderKey {
                     name: self.name.clone().into_bytes(),
                     key: leader.key.clone().into_bytes(),
@@ -820,80 +850,74 @@ impl Task {
         });
     }
 
-    /// Campaigns whenever we hold a lease, do not lead and are not already campaigning.
+    /// Enters the race whenever we hold a lease and our key is not in etcd.
     fn keep_campaigning(&mut self) {
-        if self.lease != NO_LEASE
-            && self.campaign.is_none()
-            && !self.campaigned
-            && !self.shared.is_leader.load(Ordering::SeqCst)
-        {
+        if self.lease != NO_LEASE && self.campaign.is_none() && self.our_rev.is_none() {
             self.campaign = Some(self.enter_after(Duration::ZERO));
         }
     }
 
     /// Puts our key if it is not there, as the first step of etcd's Campaign
     /// does, so that we know when we are in the race; and in the same Txn
-    /// reads who leads (the oldest key), so the first outcome costs no more.
+    /// reads who leads (the oldest key), our key's create revision and the
+    /// Go package's candidates, so the first outcome costs no more.
     fn enter_after(&self, delay: Duration) -> Campaign {
         let mut kv = self.client.kv();
-        let key = self.our_key(self.lease).into_bytes();
-        let absent = created_at(key.clone(), 0);
+        let name = self.name.clone();
+        let our_key = self.our_key(self.lease).into_bytes();
+        let absent = created_at(our_key.clone(), 0);
         let put = PutRequest {
-            key,
+            key: our_key.clone(),
             value: self.candidate.clone().into_bytes(),
             lease: self.lease,
             ..Default::default()
         };
-        let prefix = format!("{}/", self.name).into_bytes();
-        let mut prefix_end = prefix.clone();
-        *prefix_end.last_mut().expect("not empty") += 1;
-        let oldest = RequestOp {
-            request: Some(request_op::Request::RequestRange(RangeRequest {
-                key: prefix,
-                range_end: prefix_end,
-                limit: 1,
-                sort_order: range_request::SortOrder::Ascend as i32,
-                sort_target: range_request::SortTarget::Create as i32,
+        let reads = vec![
+            oldest_in(prefix_range(&format!("{name}/")), 1),
+            range_op(RangeRequest {
+                key: our_key,
                 ..Default::default()
-            })),
-        };
+            }),
+            oldest_in(go_candidates(&name), GO_PAGE),
+        ];
         let txn = TxnRequest {
             compare: vec![absent],
-            success: vec![
-                RequestOp {
-                    request: Some(request_op::Request::RequestPut(put)),
-                },
-                oldest.clone(),
-            ],
-            failure: vec![oldest],
+            success: [vec![request_op_put(put)], reads.clone()].concat(),
+            failure: reads,
         };
+        let client = self.client.clone();
         self.step_after(delay, async move {
             let response = kv.txn(txn).await?.into_inner();
-            let header = response.header;
-            let leader = match response
+            let as_of_rev = response.header.map_or(0, |h| h.revision);
+            let mut ranges = response
                 .responses
                 .into_iter()
-                .last()
-                .and_then(|r| r.response)
-            {
-                Some(response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
-                _ => None,
+                .rev()
+                .map(|r| match r.response {
+                    Some(response_op::Response::ResponseRange(range)) => Ok(range),
+                    _ => Err(Error::UnexpectedResponse {
+                        what: "the candidacy Txn answered a read with no range".into(),
+                    }),
+                });
+            let (go, ours, oldest) = match (ranges.next(), ranges.next(), ranges.next()) {
+                (Some(go), Some(ours), Some(oldest)) => (go?, ours?, oldest?),
+                _ => {
+                    return Err(Error::UnexpectedResponse {
+                        what: "the candidacy Txn answered fewer reads than asked".into(),
+                    });
+                }
             };
-            Ok(Step::Entered(leader.map(|kv| Leader::new(kv, header))))
-        })
-    }
-
-    /// etcd's Campaign on our key: waits until every older candidate is gone.
-    fn campaign_rpc(&self) -> Campaign {
-        let mut election = self.client.election();
-        let request = CampaignRequest {
-            name: self.name.clone().into_bytes(),
-            lease: self.lease,
-            value: self.candidate.clone().into_bytes(),
-        };
-        self.step_after(Duration::ZERO, async move {
-            election.campaign(require_leader(request)).await?;
-            Ok(Step::Returned)
+            let our_rev = ours.kvs.first().map_or(as_of_rev, |kv| kv.create_revision);
+            let go_older = go_candidates_before(&client, &name, go, our_rev, as_of_rev).await?;
+            Ok(Step::Entered {
+                leader: oldest.kvs.first().map(|kv| Leader::new(kv, as_of_rev)),
+                our_rev,
+                go_older: go_older
+                    .iter()
+                    .map(|kv| Leader::new(kv, as_of_rev))
+                    .collect(),
+                as_of_rev,
+            })
         })
     }
 
@@ -930,10 +954,12 @@ impl Task {
             return Ok(false);
         };
         self.emit(ElectionEvent::default());
-        self.campaigned = false;
         match resign(&self.client, term, self.ttl / 2).await {
             // Observe messages from before the Resign would show our old key.
-            Ok(revision) => self.as_of_rev = self.as_of_rev.max(revision),
+            Ok(revision) => {
+                self.as_of_rev = self.as_of_rev.max(revision);
+                self.our_rev = None; // enter again, behind the others
+            }
             Err(error) => {
                 // Our key may still hold the office, and we no longer take it
                 // for ours: give up the lease, so the key goes and we start over.
@@ -944,17 +970,20 @@ impl Task {
         Ok(true)
     }
 
-    async fn close(mut self) {
+    async fn close(mut self, deadline: Instant) {
         let term = self.step_down();
         self.campaign = None;
+        self.blockers_gone = None;
         // The closing pair goes out whatever was reported before.
         self.last = None;
         self.emit(ElectionEvent::default());
         if let Some(term) = term {
-            // Best effort: the revoke below deletes the key anyway.
-            let _ = resign(&self.client, term, self.ttl / 2).await;
+            // Best effort: the revoke below deletes the key anyway. Half the
+            // TTL at most, so the revoke keeps some of the budget.
+            let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
+            let _ = resign(&self.client, term, limit).await;
         }
-        self.session.close().await;
+        self.session.close_by(deadline).await;
         self.emit(ElectionEvent {
             is_done: true,
             ..ElectionEvent::default()
@@ -997,6 +1026,89 @@ fn created_at(key: Vec<u8>, rev: i64) -> Compare {
         key,
         target_union: Some(compare::TargetUnion::CreateRevision(rev)),
         range_end: vec![],
+    }
+}
+
+/// The Go package (`holster/etcdutil`) writes its candidate key as
+/// `/elections/<name><lease in hex>`, with no `/` in between, and takes the
+/// oldest key under the prefix `/elections/<name>` for the leader, ours
+/// included. Its candidates live in the key range from `<prefix>0` to
+/// `<prefix>g` (hex digits start with 0-9 or a-f); which of those keys are
+/// really candidates of this election is told by [`is_go_candidate`].
+fn go_candidates(name: &str) -> (Vec<u8>, Vec<u8>) {
+    (
+        format!("{name}0").into_bytes(),
+        format!("{name}g").into_bytes(),
+    )
+}
+
+/// A Go candidate's key is the election's prefix followed by exactly the hex
+/// of the lease it is attached to: so election `foo` never takes a key of
+/// election `foobar` (`/elections/foobar/..`) or Go election `fooab`'s
+/// (`/elections/fooab12..`, whose lease is `ab12..`, not `12..`) for its own.
+fn is_go_candidate(name: &str, kv: &KeyValue) -> bool {
+    kv.lease > 0
+        && kv.key.strip_prefix(name.as_bytes()) == Some(format!("{:x}", kv.lease).as_bytes())
+}
+
+/// How many keys of the Go range one read brings.
+const GO_PAGE: i64 = 16;
+
+/// The Go candidates created before revision `our_rev`, oldest first, from
+/// the first page `first` of the Go range read as of `as_of_rev`. Reads more
+/// pages only if that one was full of older keys (keys of other elections
+/// whose names extend ours): with no Go candidate, it costs no round trip.
+async fn go_candidates_before(
+    client: &Client,
+    name: &str,
+    first: RangeResponse,
+    our_rev: i64,
+    as_of_rev: i64,
+) -> Result<Vec<KeyValue>> {
+    let mut older = Vec::new();
+    let mut page = first;
+    loop {
+        let last_rev = page.kvs.last().map_or(0, |kv| kv.create_revision);
+        older.extend(
+            page.kvs
+                .into_iter()
+                .filter(|kv| kv.create_revision < our_rev && is_go_candidate(name, kv)),
+        );
+        if !page.more || last_rev + 1 >= our_rev {
+            return Ok(older);
+        }
+        let (key, range_end) = go_candidates(name);
+        let request = RangeRequest {
+            key,
+            range_end,
+            revision: as_of_rev,
+            min_create_revision: last_rev + 1,
+            max_create_revision: our_rev - 1,
+            ..oldest_first(GO_PAGE)
+        };
+        page = client.kv().range(request).await?.into_inner();
+    }
+}
+
+/// A Range of the keys from `range.0` up to `range.1`, oldest first, at most `limit`.
+fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
+    let (key, range_end) = range;
+    range_op(RangeRequest {
+        key,
+        range_end,
+        ..oldest_first(limit)
+    })
+}
+
+fn range_op(range: RangeRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(range)),
+    }
+}
+
+fn request_op_put(put: PutRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put)),
     }
 }
 
@@ -1087,6 +1199,31 @@ mod tests {
         assert_eq!(election_key("/jobs").unwrap(), "/elections/jobs");
         assert_eq!(election_key("jobs/").unwrap(), "/elections/jobs");
         assert_eq!(election_key("a//b").unwrap(), "/elections/a/b");
+    }
+
+    #[test]
+    fn go_candidates_are_the_prefix_then_their_own_lease_in_hex() {
+        let kv = |key: &str, lease: i64| KeyValue {
+            key: key.as_bytes().to_vec(),
+            lease,
+            ..Default::default()
+        };
+        let foo = "/elections/foo";
+        assert!(is_go_candidate(foo, &kv("/elections/fooab12", 0xab12)));
+        // Another Go election's candidate: "fooab" with lease 0x12.
+        assert!(!is_go_candidate(foo, &kv("/elections/fooab12", 0x12)));
+        assert!(is_go_candidate(
+            "/elections/fooab",
+            &kv("/elections/fooab12", 0x12)
+        ));
+        // Ours, and election "foobar"'s: not Go candidates of "foo".
+        assert!(!is_go_candidate(foo, &kv("/elections/foo/ab12", 0xab12)));
+        assert!(!is_go_candidate(foo, &kv("/elections/foobar/ab12", 0xab12)));
+        // A key without a lease is no candidate.
+        assert!(!is_go_candidate(foo, &kv("/elections/foo0", 0)));
+        let (start, end) = go_candidates(foo);
+        assert!(start.as_slice() <= b"/elections/foo0".as_slice());
+        assert!(b"/elections/foof".as_slice() < end.as_slice());
     }
 
     #[test]

@@ -645,3 +645,249 @@ async fn back_in_the_race_after_etcd_restarts() {
     assert!(election.is_leader());
     election.close().await;
 }
+
+/// `close()` returns only once `is_done` went out, within TTL + 1 s, even
+/// when etcd cannot be reached (a blackhole: nothing answers; a cut: every
+/// connection is refused).
+#[tokio::test]
+async fn close_is_done_within_ttl_plus_1s_when_etcd_is_unreachable() {
+    let etcd = etcd().await;
+    for fault in ["blackhole", "cut"] {
+        let (proxy, client) = proxied_client(&etcd).await;
+        let (observer, _events) = recorder();
+        let ttl = 2;
+        let election = new_election(&client, config(&unique(fault), "a", ttl, observer))
+            .await
+            .unwrap();
+        assert!(election.is_leader());
+        let mut events = election.subscribe();
+        match fault {
+            "blackhole" => proxy.blackhole().await.unwrap(),
+            _ => proxy.cut().await,
+        }
+        let started = Instant::now();
+        within(10.0, "close", election.close()).await;
+        let took = started.elapsed();
+        assert!(
+            took <= Duration::from_secs(ttl as u64 + 1),
+            "{fault}: close took {took:?}"
+        );
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(event);
+        }
+        assert!(
+            seen.last().is_some_and(|e| e.is_done),
+            "{fault}: is_done was emitted before close returned: {seen:#?}"
+        );
+    }
+}
+
+/// With etcd reachable, `close()` leaves nothing behind the moment it
+/// returns: no key, no lease (no waiting for a background revoke).
+#[tokio::test]
+async fn nothing_is_left_in_etcd_when_close_returns() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("clean");
+    let (observer, _events) = recorder();
+    let leader = new_election(&client, config(&name, "a", 5, observer.clone()))
+        .await
+        .unwrap();
+    let follower = new_election(&client, config(&name, "b", 5, observer))
+        .await
+        .unwrap();
+    // Closed at once after the start: its grant or candidacy may be in flight.
+    let (quick, _) = recorder();
+    let starting = new_election_async(&client, config(&name, "c", 5, quick)).unwrap();
+    for election in [&starting, &follower, &leader] {
+        election.close().await;
+    }
+    assert_eq!(
+        keys_under(&client, "/elections/").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no lease left");
+}
+
+/// Writes a candidate the way the Go package (`holster/etcdutil`) does: key
+/// `/elections/<name><lease hex>`, put if absent under its own lease (kept
+/// alive by a session), the candidate's name as the value.
+async fn go_candidate(
+    client: &etcdutil::Client,
+    election: &str,
+    candidate: &str,
+) -> (etcdutil::Session, String) {
+    let session = etcdutil::Session::new(
+        client,
+        etcdutil::SessionConfig {
+            ttl: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut lease = session.watch_lease();
+    within(
+        5.0,
+        "the Go candidate's lease",
+        lease.wait_for(|id| *id != etcdutil::NO_LEASE),
+    )
+    .await
+    .unwrap();
+    let lease = session.lease_id();
+    let key = format!("/elections/{election}{lease:x}");
+    let put = PutRequest {
+        key: key.clone().into_bytes(),
+        value: candidate.as_bytes().to_vec(),
+        lease,
+        ..Default::default()
+    };
+    let txn = TxnRequest {
+        compare: vec![etcdutil::proto::etcdserverpb::Compare {
+            result: etcdutil::proto::etcdserverpb::compare::CompareResult::Equal as i32,
+            target: etcdutil::proto::etcdserverpb::compare::CompareTarget::Create as i32,
+            key: key.clone().into_bytes(),
+            target_union: Some(
+                etcdutil::proto::etcdserverpb::compare::TargetUnion::CreateRevision(0),
+            ),
+            range_end: vec![],
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put)),
+        }],
+        failure: vec![],
+    };
+    let response = client.kv().txn(txn).await.unwrap().into_inner();
+    assert!(response.succeeded, "the Go candidate's key was absent");
+    (session, key)
+}
+
+/// The key the Go package takes for the leader: the oldest under the prefix
+/// `/elections/<name>` (no `/`, so ours count too).
+async fn go_leader(client: &etcdutil::Client, election: &str) -> Option<String> {
+    let prefix = format!("/elections/{election}").into_bytes();
+    let mut range_end = prefix.clone();
+    *range_end.last_mut().unwrap() += 1;
+    let range = RangeRequest {
+        key: prefix,
+        range_end,
+        limit: 1,
+        sort_order: etcdutil::proto::etcdserverpb::range_request::SortOrder::Ascend as i32,
+        sort_target: etcdutil::proto::etcdserverpb::range_request::SortTarget::Create as i32,
+        ..Default::default()
+    };
+    let response = client.kv().range(range).await.unwrap().into_inner();
+    response
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+}
+
+/// A Go candidate that entered first leads: ours defers to it, reports it
+/// as the leader, and takes over within 1 s of its key's deletion.
+#[tokio::test]
+async fn go_package_candidate_entered_first_leads_and_ours_follows() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("mixed");
+    let (go_session, go_key) = go_candidate(&client, &name, "go-a").await;
+
+    let (observer, mut events) = recorder();
+    let ours = new_election(&client, config(&name, "rust-b", 5, observer))
+        .await
+        .unwrap();
+    assert!(
+        !ours.is_leader(),
+        "two leaders: the Go candidate entered first"
+    );
+    let first = next(&mut events, 1.0).await;
+    assert!(!first.is_leader && first.err.is_none(), "{first:?}");
+    assert_eq!(
+        (first.leader_key.as_str(), first.leader_data.as_str()),
+        (go_key.as_str(), "go-a")
+    );
+    assert_eq!(
+        go_leader(&client, &name).await.as_deref(),
+        Some(go_key.as_str())
+    );
+
+    // The Go candidate leaves (its Close revokes its lease).
+    go_session.close().await;
+    let deleted = Instant::now();
+    until(
+        &mut events,
+        1.0,
+        "ours leads within 1 s of the Go key's deletion",
+        |e| e.is_leader,
+    )
+    .await;
+    assert!(ours.is_leader(), "after {:?}", deleted.elapsed());
+    ours.close().await;
+}
+
+/// A Go candidate that enters after ours does not affect us (the Go package
+/// sees our older key and defers), and takes over when ours closes.
+#[tokio::test]
+async fn go_package_candidate_entered_later_defers_to_ours() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("mixed-later");
+    let (observer, mut events) = recorder();
+    let ours = new_election(&client, config(&name, "rust-a", 5, observer))
+        .await
+        .unwrap();
+    assert!(ours.is_leader());
+    let our_key = next(&mut events, 1.0).await.leader_key;
+    let (_go_session, go_key) = go_candidate(&client, &name, "go-b").await;
+    assert_eq!(
+        go_leader(&client, &name).await.as_deref(),
+        Some(our_key.as_str()),
+        "the Go package sees ours lead"
+    );
+
+    // A third candidate joins: its first outcome shows ours still leading.
+    let (third_observer, _third_events) = recorder();
+    let third = new_election(&client, config(&name, "rust-c", 5, third_observer))
+        .await
+        .unwrap();
+    assert!(!third.is_leader());
+    assert!(ours.is_leader(), "the later Go key did not unseat ours");
+    assert!(events.try_recv().is_err(), "no event from the later Go key");
+
+    // Ours leaves: the Go candidate is the oldest key, so the Go package's
+    // rule elects it; and our third candidate defers to it.
+    ours.close().await;
+    assert_eq!(
+        go_leader(&client, &name).await.as_deref(),
+        Some(go_key.as_str())
+    );
+    assert!(!third.is_leader());
+    third.close().await;
+}
+
+/// Keys of election "foobar", in our layout and in the Go package's, are not
+/// candidates of election "foo" (whose Go range they fall into).
+#[tokio::test]
+async fn foo_ignores_foobar_in_both_layouts() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let foo = unique("foo");
+    let foobar = format!("{foo}bar");
+    let (_go_session, _go_key) = go_candidate(&client, &foobar, "go-foobar").await;
+    let (observer, _) = recorder();
+    let rust_foobar = new_election(&client, config(&foobar, "rust-foobar", 5, observer))
+        .await
+        .unwrap();
+    assert!(
+        !rust_foobar.is_leader(),
+        "the Go candidate of foobar entered first"
+    );
+
+    let (observer, _) = recorder();
+    let ours = new_election(&client, config(&foo, "rust-foo", 5, observer))
+        .await
+        .unwrap();
+    assert!(ours.is_leader(), "foo's only candidate leads");
+    ours.close().await;
+    rust_foobar.close().await;
+}

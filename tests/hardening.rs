@@ -209,3 +209,145 @@ async fn killing_the_member_in_use_fails_over() {
     b.close().await;
     session.close().await;
 }
+
+/// etcd's Election service forwards an expired token as gRPC Unknown with
+/// etcd's message. A leader left idle (only keepalives flowing, which do not
+/// renew the token) for three token lifetimes: each Election call must still
+/// succeed on the caller's first try, with no error event and no failover.
+#[tokio::test]
+async fn idle_leader_election_calls_ride_through_token_expiry() {
+    let etcd = Etcd::builder().auth_token_ttl(2).start().await.unwrap();
+    enable_auth(&etcd, "secret").await;
+    let a_client = Client::connect(as_user(&etcd, "root", "secret"))
+        .await
+        .unwrap();
+    let b_client = Client::connect(Config {
+        debug: true,
+        ..as_user(&etcd, "root", "secret")
+    })
+    .await
+    .unwrap();
+    let name = unique("idle-auth");
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (a_events, mut a_rx) = tokio::sync::mpsc::unbounded_channel();
+    let counted = errors.clone();
+    let config =
+        |candidate: &str, events: tokio::sync::mpsc::UnboundedSender<etcdutil::ElectionEvent>| {
+            let counted = counted.clone();
+            ElectionConfig {
+                election: name.clone(),
+                candidate: candidate.into(),
+                ttl: 5,
+                event_observer: Some(Arc::new(move |event: etcdutil::ElectionEvent| {
+                    if let Some(error) = &event.err {
+                        counted.lock().unwrap().push(chain(error).join(": "));
+                    }
+                    let _ = events.send(event);
+                })),
+            }
+        };
+    let a = new_election(&a_client, config("a", a_events))
+        .await
+        .unwrap();
+    assert!(a.is_leader());
+
+    let kv_calls = || {
+        etcd_metric(
+            &etcd,
+            "grpc_server_started_total",
+            &["grpc_service=\"etcdserverpb.KV\""],
+        )
+    };
+    let authentications = || {
+        etcd_metric(
+            &etcd,
+            "grpc_server_started_total",
+            &["grpc_method=\"Authenticate\""],
+        )
+    };
+    // The leader's observer reads the candidates, then watches them: only
+    // then is it idle.
+    eventually(5.0, "the leader's watch is open", || async {
+        etcd_metric(
+            &etcd,
+            "grpc_server_started_total",
+            &["grpc_method=\"Watch\""],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let kv_before = kv_calls().await;
+    let auth_before = authentications().await;
+    // Three token lifetimes of quiet (etcd sweeps expired tokens each second).
+    tokio::time::sleep(Duration::from_millis(3 * 2000 + 1200)).await;
+    assert_eq!(
+        kv_calls().await,
+        kv_before,
+        "no KV call ran while the leader was idle"
+    );
+
+    a.proclaim("after-expiry")
+        .await
+        .expect("Proclaim on the first try");
+    let leader = a
+        .leader()
+        .await
+        .expect("Leader on the first try")
+        .expect("a leader");
+    assert_eq!(leader.data, "after-expiry");
+
+    let (b_events, mut b_rx) = tokio::sync::mpsc::unbounded_channel();
+    let b = new_election(&b_client, config("b", b_events))
+        .await
+        .expect("a second candidate's new_election");
+    let first = b_rx.recv().await.unwrap();
+    assert!(!first.is_leader);
+    assert_eq!(
+        first.leader_data, "after-expiry",
+        "the other candidate sees the proclaim"
+    );
+
+    assert!(
+        a.concede().await.expect("Concede on the first try"),
+        "a led"
+    );
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        while !b_rx.recv().await.unwrap().is_leader {}
+    })
+    .await
+    .is_err()
+    {
+        for line in etcd.logs() {
+            eprintln!("ETCDLOG {line}");
+        }
+        panic!("b did not lead");
+    }
+    // a's Observe, whose token expired, reopened and shows b.
+    within(5.0, "a sees b lead", async {
+        loop {
+            let event = a_rx.recv().await.unwrap();
+            if !event.is_leader && event.leader_data == "b" {
+                return;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        *errors.lock().unwrap(),
+        Vec::<String>::new(),
+        "no error event"
+    );
+    let renewals = authentications().await - auth_before;
+    println!("token renewals across the expiry: {renewals}");
+    assert!(
+        renewals >= 2.0,
+        "both clients renewed their token: {renewals}"
+    );
+    assert!(
+        renewals <= 8.0,
+        "renewed once per client and stream, not in a loop: {renewals}"
+    );
+    a.close().await;
+    b.close().await;
+}

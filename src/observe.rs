@@ -1,0 +1,336 @@
+//! Who leads an election, watched from the client.
+//!
+//! The leader is the candidate key under `/elections/<name>/` with the lowest
+//! create revision (etcd's `concurrency` rule). [`run_observe`] reads every
+//! candidate once, then follows them with one Watch from the revision it
+//! read, and reports each change of leader (or of its data) in revision
+//! order, as of the revision of the event that made it.
+//!
+//! Why not etcd's server-side `Observe` and `Campaign`: etcd serves their
+//! waits from one internal watch stream, shared by every caller and
+//! authenticated with the token of whichever call opened it. Once that token
+//! expires, etcd refuses every new wait on it (3.5 answers "permission
+//! denied"; 3.4 retries inside the server without end), so with auth on, an
+//! election stalls after the first token lifetime. Our own Watch carries our
+//! own token, renewed when etcd rejects it. The keys are the same as etcd's
+//! Campaign writes, so `etcdctl elect` and other clients share the election.
+//!
+//! Following one Watch from the revision read also spares each handover the
+//! read that etcd's Observe does after every delete (and the 100 ms that a
+//! watch opened behind etcd's current revision may wait to catch up).
+
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse, range_request,
+    watch_create_request, watch_request,
+};
+use crate::proto::mvccpb::{Event, KeyValue, event};
+use crate::transport::require_leader;
+
+/// A leader as etcd reports it.
+///
+/// ```no_run
+/// # async fn f(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// if let Some(leader) = etcdutil::leader(&client, "jobs").await? {
+///     println!("{} leads (key {}, fencing token {})", leader.data, leader.key, leader.rev);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// Its key, `/elections/<name>/<lease hex>`.
+    pub key: String,
+    /// Its data: candidate name or proclaimed value.
+    pub data: String,
+    /// The key's create revision: the fencing token of its term.
+    pub rev: i64,
+    /// The lease the key is attached to.
+    pub lease: i64,
+    /// The etcd revision this report is current as of: a report as of a
+    /// later revision supersedes it.
+    pub as_of_rev: i64,
+}
+
+impl Leader {
+    pub(crate) fn new(kv: &KeyValue, as_of_rev: i64) -> Leader {
+        Leader {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            data: String::from_utf8_lossy(&kv.value).into_owned(),
+            rev: kv.create_revision,
+            lease: kv.lease,
+            as_of_rev,
+        }
+    }
+}
+
+/// One observation: the leader, or `None` when the election has no
+/// candidate, as of revision `as_of_rev`.
+#[derive(Clone, Debug)]
+pub(crate) struct Report {
+    pub(crate) leader: Option<Leader>,
+    pub(crate) as_of_rev: i64,
+}
+
+/// Every key that starts with `prefix`: the range from it to its successor.
+pub(crate) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let prefix = prefix.as_bytes().to_vec();
+    let mut end = prefix.clone();
+    *end.last_mut().expect("not empty") += 1;
+    (prefix, end)
+}
+
+/// A Range request sorted by create revision, oldest first, at most `limit`
+/// keys (0: all).
+pub(crate) fn oldest_first(limit: i64) -> RangeRequest {
+    RangeRequest {
+        limit,
+        sort_order: range_request::SortOrder::Ascend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        ..Default::default()
+    }
+}
+
+/// Reports the leader of the election `name` (its key prefix) to `reports`
+/// until that closes: the current one first, then every change. A failure
+/// is reported as an `Err` and the watch reopened after `retry`; a renewed
+/// token or a compacted revision reopens it at once, unreported.
+pub(crate) async fn run_observe(
+    client: Client,
+    name: String,
+    reports: mpsc::UnboundedSender<Result<Report>>,
+    retry: std::time::Duration,
+) {
+    let mut renewed_last = false;
+    loop {
+        let attempt = client.transport_ref().attempt();
+        let failure = tokio::select! {
+            _ = reports.closed() => return,
+            failure = observe_once(&client, &name, &reports) => failure,
+        };
+        if matches!(failure, Error::WatchCanceled { compact_revision, .. } if compact_revision > 0)
+        {
+            continue; // fell behind a compaction: read everything again
+        }
+        let renewed = client.transport_ref().recover(&failure, &attempt).await;
+        if renewed && !renewed_last {
+            renewed_last = true;
+            continue; // a renewed token: reopen at once, nothing to report
+        }
+        renewed_last = renewed;
+        if reports.send(Err(failure)).is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = reports.closed() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Reads the candidates, then follows them; returns why it stopped.
+async fn observe_once(
+    client: &Client,
+    name: &str,
+    reports: &mpsc::UnboundedSender<Result<Report>>,
+) -> Error {
+    let (key, range_end) = prefix_range(&format!("{name}/"));
+    let read = RangeRequest {
+        key: key.clone(),
+        range_end: range_end.clone(),
+        ..oldest_first(0)
+    };
+    let response = match client.kv().range(read).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status.into(),
+    };
+    let revision = response.header.map_or(0, |h| h.revision);
+    let mut candidates = Candidates(response.kvs);
+    let mut reported = candidates.report(revision);
+    if reports.send(Ok(reported.clone())).is_err() {
+        return Error::StreamEnded { stream: "Observe" };
+    }
+    let mut watch = match KeyWatch::open(client, key, range_end, revision + 1, vec![]).await {
+        Ok(watch) => watch,
+        Err(error) => return error,
+    };
+    loop {
+        let events = match watch.next().await {
+            Ok(events) => events,
+            Err(error) => return error,
+        };
+        let Some(as_of_rev) = events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            .max()
+        else {
+            continue;
+        };
+        for event in events {
+            candidates.apply(event);
+        }
+        let report = candidates.report(as_of_rev);
+        let same = |a: &Option<Leader>, b: &Option<Leader>| match (a, b) {
+            (Some(a), Some(b)) => (&a.key, &a.data, a.rev) == (&b.key, &b.data, b.rev),
+            (None, None) => true,
+            _ => false,
+        };
+        if same(&report.leader, &reported.leader) {
+            continue;
+        }
+        reported = report;
+        if reports.send(Ok(reported.clone())).is_err() {
+            return Error::StreamEnded { stream: "Observe" };
+        }
+    }
+}
+
+/// An election's candidate keys, oldest first.
+struct Candidates(Vec<KeyValue>);
+
+impl Candidates {
+    fn apply(&mut self, event: Event) {
+        let Some(kv) = event.kv else { return };
+        self.0.retain(|candidate| candidate.key != kv.key);
+        if event.r#type == event::EventType::Put as i32 {
+            let at = self
+                .0
+                .partition_point(|c| (c.create_revision, &c.key) < (kv.create_revision, &kv.key));
+            self.0.insert(at, kv);
+        }
+    }
+
+    fn report(&self, as_of_rev: i64) -> Report {
+        Report {
+            leader: self.0.first().map(|kv| Leader::new(kv, as_of_rev)),
+            as_of_rev,
+        }
+    }
+}
+
+/// One Watch over the keys from `key` to `range_end`: its events, batch by batch.
+pub(crate) struct KeyWatch {
+    responses: Streaming<WatchResponse>,
+    /// The request stream, held open: closing it would end the watch.
+    _requests: mpsc::Sender<WatchRequest>,
+}
+
+impl KeyWatch {
+    /// Watches from revision `start_rev`, leaving out events of the `filters` types.
+    pub(crate) async fn open(
+        client: &Client,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start_rev: i64,
+        filters: Vec<watch_create_request::FilterType>,
+    ) -> Result<KeyWatch> {
+        let (requests, outgoing) = mpsc::channel(1);
+        let create = WatchCreateRequest {
+            key,
+            range_end,
+            start_revision: start_rev,
+            filters: filters.into_iter().map(|f| f as i32).collect(),
+            ..Default::default()
+        };
+        let request = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        };
+        requests
+            .send(request)
+            .await
+            .expect("the receiver is held below");
+        let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+        let responses = client
+            .watch()
+            .watch(require_leader(stream))
+            .await?
+            .into_inner();
+        Ok(KeyWatch {
+            responses,
+            _requests: requests,
+        })
+    }
+
+    /// The next events (never empty); an error once etcd ends or cancels the watch.
+    pub(crate) async fn next(&mut self) -> Result<Vec<Event>> {
+        loop {
+            let Some(response) = self.responses.message().await? else {
+                return Err(Error::StreamEnded { stream: "Watch" });
+            };
+            if response.canceled || response.compact_revision > 0 {
+                return Err(Error::WatchCanceled {
+                    reason: response.cancel_reason,
+                    compact_revision: response.compact_revision,
+                });
+            }
+            if !response.events.is_empty() {
+                return Ok(response.events);
+            }
+        }
+    }
+}
+
+/// Waits until every key in `keys` (all there as of revision `rev`) is deleted.
+pub(crate) async fn until_deleted(
+    client: Client,
+    mut keys: Vec<Vec<u8>>,
+    mut rev: i64,
+    retry: std::time::Duration,
+) {
+    loop {
+        let attempt = client.transport_ref().attempt();
+        let error = match watch_deletes(&client, &mut keys, rev).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if !client.transport_ref().recover(&error, &attempt).await {
+            tokio::time::sleep(retry).await;
+        }
+        // Which are left, and as of when, to watch on from there.
+        let mut left = Vec::new();
+        for key in keys {
+            let read = RangeRequest {
+                key: key.clone(),
+                count_only: true,
+                ..Default::default()
+            };
+            match client.kv().range(read).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    rev = rev.max(response.header.map_or(0, |h| h.revision));
+                    if response.count > 0 {
+                        left.push(key);
+                    }
+                }
+                // Unknown: keep waiting for it.
+                Err(_) => left.push(key),
+            }
+        }
+        keys = left;
+        if keys.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Watches `keys` from after `rev`, removing each as it is deleted; Ok once
+/// none is left. One watch over the range that spans them, deletes only.
+async fn watch_deletes(client: &Client, keys: &mut Vec<Vec<u8>>, rev: i64) -> Result<()> {
+    let first = keys.iter().min().cloned().unwrap_or_default();
+    let mut last = keys.iter().max().cloned().unwrap_or_default();
+    last.push(0); // the range end is exclusive
+    let filters = vec![watch_create_request::FilterType::Noput];
+    let mut watch = KeyWatch::open(client, first, last, rev + 1, filters).await?;
+    while !keys.is_empty() {
+        for event in watch.next().await? {
+            if let Some(kv) = event.kv {
+                keys.retain(|key| *key != kv.key);
+            }
+        }
+    }
+    Ok(())
+}
