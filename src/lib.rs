@@ -55,6 +55,7 @@ mod config;
 mod election;
 mod error;
 mod keepalive;
+mod parse;
 pub mod proto;
 mod session;
 mod tls;
