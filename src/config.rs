@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::error::ConfigError;
-use crate::parse::{Scheme, parse_endpoint, parse_go_duration};
+use crate::parse::{Endpoint, Scheme, parse_endpoint, parse_go_duration};
 use crate::tls::{self, FileNames, TlsConfig};
 
 /// Comma-separated endpoints: `host:port` or `http(s)://host:port`.
@@ -226,12 +226,45 @@ pub fn new_config_with_env(
     let env = |name: &'static str| env(name).filter(|value| !value.is_empty());
     let cfg = cfg.unwrap_or_default();
 
-    // Endpoints: the caller's, else the environment's, else the default.
-    let (endpoints_name, listed, endpoints) = if !cfg.endpoints.is_empty() {
+    // One setting after the other: the order decides which error a config
+    // with several faults gets.
+    let endpoints = fill_endpoints(&cfg.endpoints, &env)?;
+    let dial_timeout = fill_dial_timeout(cfg.dial_timeout, &env)?;
+    let (username, password) = fill_credentials(cfg.username, cfg.password, &env)?;
+    let tls = fill_tls(cfg.tls, &env);
+    let tls = check_tls(tls, &endpoints)?;
+    let debug = fill_debug(cfg.debug, &env);
+
+    Ok(Config {
+        endpoints: endpoints.parsed.into_iter().map(|e| e.raw).collect(),
+        username,
+        password,
+        tls,
+        dial_timeout: Some(dial_timeout),
+        debug,
+    })
+}
+
+/// The checked endpoints, and where they came from for messages.
+struct Endpoints {
+    /// `Config.endpoints` or `ETCD3_ENDPOINT`.
+    name: &'static str,
+    /// The list as given (comma separated).
+    listed: String,
+    /// Trimmed, blank ones dropped, in order.
+    parsed: Vec<Endpoint>,
+}
+
+/// Endpoints: the caller's, else the environment's, else the default.
+fn fill_endpoints(
+    caller: &[String],
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<Endpoints, ConfigError> {
+    let (name, listed, list) = if !caller.is_empty() {
         (
             ENDPOINTS_FIELD,
-            cfg.endpoints.join(","),
-            non_blank(cfg.endpoints.iter().map(String::as_str)),
+            caller.join(","),
+            non_blank(caller.iter().map(String::as_str)),
         )
     } else if let Some(value) = env(ETCD3_ENDPOINT) {
         let endpoints = non_blank(value.split(','));
@@ -243,19 +276,29 @@ pub fn new_config_with_env(
             vec![DEFAULT_ENDPOINT.to_owned()],
         )
     };
-    if endpoints.is_empty() {
+    if list.is_empty() {
         return Err(ConfigError::NoEndpoint {
-            name: endpoints_name,
+            name,
             value: listed,
         });
     }
-    let parsed = endpoints
+    let parsed = list
         .iter()
-        .map(|endpoint| parse_endpoint(endpoints_name, endpoint))
+        .map(|endpoint| parse_endpoint(name, endpoint))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoints {
+        name,
+        listed,
+        parsed,
+    })
+}
 
-    // Dial timeout.
-    let (dial_timeout, timeout_name, timeout_value) = match cfg.dial_timeout {
+/// Dial timeout: the caller's, else the environment's, else the default; not zero.
+fn fill_dial_timeout(
+    caller: Option<Duration>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<Duration, ConfigError> {
+    let (dial_timeout, name, value) = match caller {
         Some(timeout) => (timeout, DIAL_TIMEOUT_FIELD, format!("{timeout:?}")),
         None => match env(ETCD3_DIAL_TIMEOUT) {
             Some(value) => match parse_go_duration(value.trim()) {
@@ -271,33 +314,50 @@ pub fn new_config_with_env(
         },
     };
     if dial_timeout.is_zero() {
-        return Err(ConfigError::ZeroDialTimeout {
-            name: timeout_name,
-            value: timeout_value,
-        });
+        return Err(ConfigError::ZeroDialTimeout { name, value });
     }
+    Ok(dial_timeout)
+}
 
-    // Credentials: both or neither.
-    let username = fill(cfg.username, USERNAME_FIELD, || {
+/// Credentials: the caller's, else the environment's; both or neither.
+fn fill_credentials(
+    username: Option<String>,
+    password: Option<String>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let username = fill(username, USERNAME_FIELD, || {
         env(ETCD3_USER).map(|v| (v, ETCD3_USER))
     });
-    let password = fill(cfg.password, PASSWORD_FIELD, || {
+    let password = fill(password, PASSWORD_FIELD, || {
         env(ETCD3_PASSWORD).map(|v| (v, ETCD3_PASSWORD))
     });
-    match (&username, &password) {
-        (Some((user, name)), None) => {
-            return Err(ConfigError::UserWithoutPassword {
-                name,
-                user: user.clone(),
-            });
-        }
-        (None, Some((_, name))) => return Err(ConfigError::PasswordWithoutUser { name }),
-        _ => {}
+    match (username, password) {
+        (Some((user, name)), None) => Err(ConfigError::UserWithoutPassword { name, user }),
+        (None, Some((_, name))) => Err(ConfigError::PasswordWithoutUser { name }),
+        (username, password) => Ok((
+            username.map(|(user, _)| user),
+            password.map(|(password, _)| password),
+        )),
     }
+}
 
-    // TLS: the caller's blank fields from the environment.
-    let mut tls_origin = cfg.tls.is_some().then_some(TLS_FIELD);
-    let mut tls = cfg.tls.unwrap_or_default();
+/// TLS settings before they are checked against the endpoints.
+struct TlsSettings {
+    /// The caller's, blank fields filled from the environment.
+    tls: TlsConfig,
+    /// The setting each file came from, for messages.
+    names: FileNames,
+    /// The first setting that turns TLS on, if any.
+    origin: Option<&'static str>,
+}
+
+/// TLS: the caller's blank fields from the environment.
+fn fill_tls(
+    caller: Option<TlsConfig>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> TlsSettings {
+    let mut origin = caller.is_some().then_some(TLS_FIELD);
+    let mut tls = caller.unwrap_or_default();
     let mut names = FileNames::FIELDS;
     for (file, name, var) in [
         (&mut tls.ca_file, &mut names.ca, ETCD3_CA),
@@ -315,55 +375,64 @@ pub fn new_config_with_env(
         {
             *file = Some(PathBuf::from(path));
             *name = var;
-            tls_origin.get_or_insert(var);
+            origin.get_or_insert(var);
         }
     }
     if !tls.skip_verify && env(ETCD3_SKIP_VERIFY).is_some() {
         tls.skip_verify = true;
-        tls_origin.get_or_insert(ETCD3_SKIP_VERIFY);
+        origin.get_or_insert(ETCD3_SKIP_VERIFY);
     }
     if env(ETCD3_ENABLE_TLS).is_some() {
-        tls_origin.get_or_insert(ETCD3_ENABLE_TLS);
+        origin.get_or_insert(ETCD3_ENABLE_TLS);
     }
+    TlsSettings { tls, names, origin }
+}
 
-    // Schemes: one for all endpoints, and in agreement with the TLS settings.
+/// Schemes: one for all endpoints, and in agreement with the TLS settings (an
+/// `https://` endpoint turns TLS on). Then the TLS files are read and checked.
+fn check_tls(
+    settings: TlsSettings,
+    endpoints: &Endpoints,
+) -> Result<Option<TlsConfig>, ConfigError> {
     let has = |scheme| {
-        parsed
+        endpoints
+            .parsed
             .iter()
             .any(|endpoint| endpoint.scheme == Some(scheme))
     };
     if has(Scheme::Http) && has(Scheme::Https) {
         return Err(ConfigError::MixedSchemes {
-            name: endpoints_name,
-            value: listed,
+            name: endpoints.name,
+            value: endpoints.listed.clone(),
         });
     }
-    let tls = match tls_origin {
+    let tls = match settings.origin {
         Some(origin) => {
-            if let Some(endpoint) = parsed.iter().find(|e| e.scheme == Some(Scheme::Http)) {
+            let http = endpoints
+                .parsed
+                .iter()
+                .find(|e| e.scheme == Some(Scheme::Http));
+            if let Some(endpoint) = http {
                 return Err(ConfigError::HttpWithTls {
-                    name: endpoints_name,
-                    endpoint: endpoint.raw.to_owned(),
+                    name: endpoints.name,
+                    endpoint: endpoint.raw.clone(),
                     tls: origin,
                 });
             }
-            Some(tls)
+            Some(settings.tls)
         }
         None if has(Scheme::Https) => Some(TlsConfig::default()),
         None => None,
     };
     if let Some(tls) = &tls {
-        tls::check(tls, &names)?;
+        tls::check(tls, &settings.names)?;
     }
+    Ok(tls)
+}
 
-    Ok(Config {
-        endpoints,
-        username: username.map(|(user, _)| user),
-        password: password.map(|(password, _)| password),
-        tls,
-        dial_timeout: Some(dial_timeout),
-        debug: cfg.debug || env(ETCD3_DEBUG).is_some(),
-    })
+/// Debug: the caller's, or the environment's.
+fn fill_debug(caller: bool, env: &impl Fn(&'static str) -> Option<String>) -> bool {
+    caller || env(ETCD3_DEBUG).is_some()
 }
 
 /// The endpoints of a config filled by [`new_config`] as full URIs:

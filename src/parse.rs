@@ -16,9 +16,9 @@ pub(crate) enum Scheme {
 
 /// One checked endpoint.
 #[derive(Debug)]
-pub(crate) struct Endpoint<'a> {
+pub(crate) struct Endpoint {
     /// As given (trimmed).
-    pub(crate) raw: &'a str,
+    pub(crate) raw: String,
     /// `None` for a bare `host:port`.
     pub(crate) scheme: Option<Scheme>,
     /// `host:port`, a valid URI authority.
@@ -26,10 +26,7 @@ pub(crate) struct Endpoint<'a> {
 }
 
 /// Checks `raw` (`host:port` or `http(s)://host:port`, a trailing `/` allowed).
-pub(crate) fn parse_endpoint<'a>(
-    name: &'static str,
-    raw: &'a str,
-) -> Result<Endpoint<'a>, ConfigError> {
+pub(crate) fn parse_endpoint(name: &'static str, raw: &str) -> Result<Endpoint, ConfigError> {
     let endpoint = || raw.to_owned();
     let (scheme, rest) = match raw.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Some(Scheme::Http), rest),
@@ -93,7 +90,7 @@ pub(crate) fn parse_endpoint<'a>(
     let authority = format!("{host}:{port}");
     http::uri::Authority::try_from(authority.as_str()).map_err(|_| bad_host())?;
     Ok(Endpoint {
-        raw,
+        raw: endpoint(),
         scheme,
         authority,
     })
