@@ -81,7 +81,6 @@
 //! tables.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,6 +93,7 @@ use etcdutil::{
     Client, Config, Election, ElectionConfig, ElectionEvent, EventObserver, NO_LEASE, Session,
     SessionConfig, SessionObserver, new_election,
 };
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -1406,166 +1406,107 @@ fn print_tables(reports: &[ModeReport]) {
     }
 }
 
-fn json_str(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// A number rounded to six decimals (sub-microsecond in ms); null if not finite.
+fn json_num(v: f64) -> Value {
+    json!((v * 1e6).round() / 1e6)
 }
 
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        // Six decimals: sub-microsecond in ms, and always valid JSON.
-        let s = format!("{v:.6}");
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        if s.is_empty() || s == "-" {
-            "0".into()
-        } else {
-            s.into()
-        }
-    } else {
-        "null".into()
-    }
-}
-
-fn json_bool(v: Option<bool>) -> &'static str {
-    match v {
-        Some(true) => "true",
-        Some(false) => "false",
-        None => "null",
-    }
-}
-
-fn json_stats(s: Option<Stats>) -> String {
+fn json_stats(s: Option<Stats>) -> Value {
     match s {
-        Some(s) => format!(
-            "{{\"n\": {}, \"median_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
-            s.n,
-            json_num(ms(s.median)),
-            json_num(ms(s.p99)),
-            json_num(ms(s.max))
-        ),
-        None => "null".into(),
+        Some(s) => json!({
+            "n": s.n,
+            "median_ms": json_num(ms(s.median)),
+            "p99_ms": json_num(ms(s.p99)),
+            "max_ms": json_num(ms(s.max)),
+        }),
+        None => Value::Null,
     }
+}
+
+fn latency_json(row: &LatencyRow, baseline: Option<Stats>) -> Value {
+    let ratios = match (row.stats, baseline) {
+        (Some(s), Some(b)) => json!({
+            "median": json_num(ratio(s.median, b.median)),
+            "p99": json_num(ratio(s.p99, b.p99)),
+            "max": json_num(ratio(s.max, b.max)),
+        }),
+        _ => Value::Null,
+    };
+    let (kind, limit) = match row.goal {
+        Goal::Info => ("none", Value::Null),
+        Goal::TimesBaseline(k) => ("median_times_baseline_median", json_num(k)),
+        Goal::AtMost(d) => ("median_ms_at_most", json_num(ms(d))),
+    };
+    json!({
+        "scenario": row.scenario,
+        "attempts": row.attempts,
+        "failures": row.failures,
+        "stats": json_stats(row.stats),
+        "baseline": json_stats(baseline),
+        "ratio_to_baseline": ratios,
+        "target": {"text": row.goal.describe(), "kind": kind, "limit": limit},
+        "pass": row.verdict(baseline),
+    })
+}
+
+fn figure_json(f: &FigureRow) -> Value {
+    json!({
+        "scenario": f.scenario,
+        "figure": f.metric,
+        "value": json_num(f.value),
+        "unit": f.unit,
+        "target": f.target,
+        "pass": f.pass,
+    })
+}
+
+fn run_json(r: &ModeReport) -> Value {
+    let latencies: Vec<Value> = r
+        .latencies
+        .iter()
+        .map(|row| latency_json(row, r.baseline))
+        .collect();
+    let figures: Vec<Value> = r.figures.iter().map(figure_json).collect();
+    json!({
+        "mode": r.mode.label(),
+        "description": r.mode.description(),
+        "unsafe_no_fsync": r.mode.no_fsync(),
+        "endpoint": r.endpoint,
+        "etcd_version": r.etcd_version,
+        "seconds": json_num(r.seconds),
+        "baseline_put": json_stats(r.baseline),
+        "latencies": latencies,
+        "figures": figures,
+        "notes": r.notes,
+        "errors": r.errors,
+    })
 }
 
 fn to_json(p: Params, reports: &[ModeReport], total: f64, started_unix: u64) -> String {
-    let mut j = String::new();
-    j.push_str("{\n");
-    let _ = writeln!(j, "  \"bench\": \"etcdutil examples/bench.rs\",");
-    let _ = writeln!(j, "  \"started_unix\": {started_unix},");
-    let _ = writeln!(j, "  \"quick\": {},", p.quick);
-    let _ = writeln!(j, "  \"total_seconds\": {},", json_num(total));
-    let _ = writeln!(
-        j,
-        "  \"params\": {{\"puts\": {}, \"warmup_puts\": {}, \"handover_reps\": {}, \"failover_reps\": {}, \"failover_ttl_s\": {}, \"initial_election_reps\": {}, \"sessions\": {}, \"session_ttl_s\": {}, \"hold_s\": {}, \"throughput_s\": {}, \"in_flight\": [{}]}},",
-        p.puts,
-        p.warmup,
-        p.handover_reps,
-        p.failover_reps,
-        p.failover_ttl,
-        p.initial_reps,
-        p.sessions,
-        p.session_ttl,
-        json_num(p.hold.as_secs_f64()),
-        json_num(p.throughput_for.as_secs_f64()),
-        p.in_flight.map(|n| n.to_string()).join(", ")
-    );
-    j.push_str("  \"runs\": [\n");
-    for (ri, r) in reports.iter().enumerate() {
-        j.push_str("    {\n");
-        let _ = writeln!(j, "      \"mode\": {},", json_str(r.mode.label()));
-        let _ = writeln!(
-            j,
-            "      \"description\": {},",
-            json_str(r.mode.description())
-        );
-        let _ = writeln!(
-            j,
-            "      \"unsafe_no_fsync\": {},",
-            json_bool(r.mode.no_fsync())
-        );
-        let _ = writeln!(j, "      \"endpoint\": {},", json_str(&r.endpoint));
-        let _ = writeln!(j, "      \"etcd_version\": {},", json_str(&r.etcd_version));
-        let _ = writeln!(j, "      \"seconds\": {},", json_num(r.seconds));
-        let _ = writeln!(j, "      \"baseline_put\": {},", json_stats(r.baseline));
-        j.push_str("      \"latencies\": [\n");
-        for (i, row) in r.latencies.iter().enumerate() {
-            let ratios = match (row.stats, r.baseline) {
-                (Some(s), Some(b)) => format!(
-                    "{{\"median\": {}, \"p99\": {}, \"max\": {}}}",
-                    json_num(ratio(s.median, b.median)),
-                    json_num(ratio(s.p99, b.p99)),
-                    json_num(ratio(s.max, b.max))
-                ),
-                _ => "null".into(),
-            };
-            let (kind, limit) = match row.goal {
-                Goal::Info => ("none", "null".to_owned()),
-                Goal::TimesBaseline(k) => ("median_times_baseline_median", json_num(k)),
-                Goal::AtMost(d) => ("median_ms_at_most", json_num(ms(d))),
-            };
-            let _ = write!(
-                j,
-                "        {{\"scenario\": {}, \"attempts\": {}, \"failures\": {}, \"stats\": {}, \"baseline\": {}, \"ratio_to_baseline\": {}, \"target\": {{\"text\": {}, \"kind\": {}, \"limit\": {}}}, \"pass\": {}}}",
-                json_str(&row.scenario),
-                row.attempts,
-                row.failures,
-                json_stats(row.stats),
-                json_stats(r.baseline),
-                ratios,
-                json_str(&row.goal.describe()),
-                json_str(kind),
-                limit,
-                json_bool(row.verdict(r.baseline))
-            );
-            j.push_str(if i + 1 < r.latencies.len() {
-                ",\n"
-            } else {
-                "\n"
-            });
-        }
-        j.push_str("      ],\n");
-        j.push_str("      \"figures\": [\n");
-        for (i, f) in r.figures.iter().enumerate() {
-            let _ = write!(
-                j,
-                "        {{\"scenario\": {}, \"figure\": {}, \"value\": {}, \"unit\": {}, \"target\": {}, \"pass\": {}}}",
-                json_str(&f.scenario),
-                json_str(&f.metric),
-                json_num(f.value),
-                json_str(f.unit),
-                json_str(&f.target),
-                json_bool(f.pass)
-            );
-            j.push_str(if i + 1 < r.figures.len() { ",\n" } else { "\n" });
-        }
-        j.push_str("      ],\n");
-        let notes: Vec<String> = r.notes.iter().map(|n| json_str(n)).collect();
-        let _ = writeln!(j, "      \"notes\": [{}],", notes.join(", "));
-        let errors: Vec<String> = r.errors.iter().map(|e| json_str(e)).collect();
-        let _ = writeln!(j, "      \"errors\": [{}]", errors.join(", "));
-        j.push_str(if ri + 1 < reports.len() {
-            "    },\n"
-        } else {
-            "    }\n"
-        });
-    }
-    j.push_str("  ]\n}\n");
-    j
+    let runs: Vec<Value> = reports.iter().map(run_json).collect();
+    let doc = json!({
+        "bench": "etcdutil examples/bench.rs",
+        "started_unix": started_unix,
+        "quick": p.quick,
+        "total_seconds": json_num(total),
+        "params": {
+            "puts": p.puts,
+            "warmup_puts": p.warmup,
+            "handover_reps": p.handover_reps,
+            "failover_reps": p.failover_reps,
+            "failover_ttl_s": p.failover_ttl,
+            "initial_election_reps": p.initial_reps,
+            "sessions": p.sessions,
+            "session_ttl_s": p.session_ttl,
+            "hold_s": json_num(p.hold.as_secs_f64()),
+            "throughput_s": json_num(p.throughput_for.as_secs_f64()),
+            "in_flight": p.in_flight,
+        },
+        "runs": runs,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).expect("a JSON value always serializes");
+    text.push('\n');
+    text
 }
 
 fn json_path() -> PathBuf {

@@ -4,13 +4,13 @@
 //! blank comes from the environment, and what neither set gets a default.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
 
-use crate::error::SharedError;
-use crate::tls::{self, FileNames};
+use crate::error::ConfigError;
+use crate::parse::{Endpoint, Scheme, parse_endpoint, parse_go_duration};
+use crate::tls::{self, FileNames, TlsConfig};
 
 /// Comma-separated endpoints: `host:port` or `http(s)://host:port`.
 ///
@@ -127,28 +127,6 @@ pub struct Config {
     pub debug: bool,
 }
 
-/// TLS settings. rustls never negotiates below TLS 1.2.
-///
-/// ```
-/// let tls = etcdutil::TlsConfig {
-///     ca_file: Some("/etc/etcd/ca.pem".into()),
-///     cert_file: Some("/etc/etcd/client.pem".into()),
-///     key_file: Some("/etc/etcd/client-key.pem".into()),
-///     skip_verify: false,
-/// };
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// PEM CA certificates to verify etcd with; `None` uses the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for etcd's `--client-cert-auth`.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Accept any server certificate. For tests only.
-    pub skip_verify: bool,
-}
-
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
@@ -185,250 +163,6 @@ const USERNAME_FIELD: &str = "Config.username";
 const PASSWORD_FIELD: &str = "Config.password";
 const DIAL_TIMEOUT_FIELD: &str = "Config.dial_timeout";
 const TLS_FIELD: &str = "Config.tls";
-
-/// A setting that is missing, malformed or contradicts another one.
-///
-/// Each message names the setting (the environment variable, or the field
-/// when the caller set it), its value and what was expected. An underlying
-/// error (I/O, PEM, rustls) is the `source()`, not part of the message.
-///
-/// ```
-/// use etcdutil::ConfigError;
-///
-/// let env = |name: &str| (name == "ETCD3_DIAL_TIMEOUT").then(|| "abc".to_owned());
-/// let err = etcdutil::new_config_with_env(None, env).unwrap_err();
-/// assert!(matches!(err, ConfigError::InvalidDuration { .. }));
-/// assert_eq!(err.to_string(), "ETCD3_DIAL_TIMEOUT='abc' is not a duration (1m|15s|24h)");
-/// ```
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A dial timeout is not in Go's duration syntax.
-    #[error("{name}='{value}' is not a duration (1m|15s|24h)")]
-    InvalidDuration {
-        /// Where the value came from, e.g. `ETCD3_DIAL_TIMEOUT`.
-        name: &'static str,
-        /// The value given.
-        value: String,
-    },
-    /// The dial timeout is zero, so no connection could ever be made.
-    #[error("{name}='{value}' is zero, expected a dial timeout above zero")]
-    ZeroDialTimeout {
-        /// `ETCD3_DIAL_TIMEOUT` or `Config.dial_timeout`.
-        name: &'static str,
-        /// The value given.
-        value: String,
-    },
-    /// The endpoint list holds only blanks and commas.
-    #[error("{name}='{value}' lists no endpoint, expected host:port[,host:port...]")]
-    NoEndpoint {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The list given (comma separated).
-        value: String,
-    },
-    /// An endpoint has a scheme other than `http://` and `https://`.
-    #[error("endpoint '{endpoint}' in {name} has an unknown scheme, expected http:// or https://")]
-    EndpointScheme {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// An endpoint has no host, or one that is not a valid URI host.
-    #[error("endpoint '{endpoint}' in {name} has no valid host, expected host:port")]
-    EndpointHost {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// An endpoint has no port.
-    #[error("endpoint '{endpoint}' in {name} has no port, expected host:port")]
-    EndpointNoPort {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// An endpoint's port is not a number from 1 to 65535.
-    #[error(
-        "endpoint '{endpoint}' in {name} has an invalid port, expected a number from 1 to 65535"
-    )]
-    EndpointPort {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// An endpoint has a path after `host:port`.
-    #[error("endpoint '{endpoint}' in {name} has a path, expected nothing after host:port")]
-    EndpointPath {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// Some endpoints are `http://` and others `https://`.
-    #[error("{name}='{value}' mixes http:// and https:// endpoints, expected one scheme for all")]
-    MixedSchemes {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The list given (comma separated).
-        value: String,
-    },
-    /// An `http://` endpoint, while a TLS setting asks for TLS.
-    #[error(
-        "endpoint '{endpoint}' in {name} is http:// but {tls} turns TLS on, expected https:// or host:port"
-    )]
-    HttpWithTls {
-        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
-        name: &'static str,
-        /// The `http://` endpoint.
-        endpoint: String,
-        /// The setting that turns TLS on, e.g. `ETCD3_CA` or `Config.tls`.
-        tls: &'static str,
-    },
-    /// A user name without a password.
-    #[error("{name}='{user}' has no password, expected Config.password or ETCD3_PASSWORD too")]
-    UserWithoutPassword {
-        /// `ETCD3_USER` or `Config.username`.
-        name: &'static str,
-        /// The user name.
-        user: String,
-    },
-    /// A password without a user name.
-    #[error("{name} is set without a user name, expected Config.username or ETCD3_USER too")]
-    PasswordWithoutUser {
-        /// `ETCD3_PASSWORD` or `Config.password`.
-        name: &'static str,
-    },
-    /// A client certificate without its private key.
-    #[error(
-        "{name}='{}' is a client certificate without a key, expected TlsConfig.key_file or ETCD3_TLS_KEY too",
-        .path.display()
-    )]
-    CertWithoutKey {
-        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
-        name: &'static str,
-        /// The certificate's path.
-        path: PathBuf,
-    },
-    /// A client private key without its certificate.
-    #[error(
-        "{name}='{}' is a client key without a certificate, expected TlsConfig.cert_file or ETCD3_TLS_CERT too",
-        .path.display()
-    )]
-    KeyWithoutCert {
-        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
-        name: &'static str,
-        /// The key's path.
-        path: PathBuf,
-    },
-    /// A CA, certificate or key file cannot be read.
-    #[error("cannot read {name}='{}'", .path.display())]
-    ReadFile {
-        /// The variable or field naming the file, e.g. `ETCD3_CA`.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-    /// A CA, certificate or key file is malformed PEM.
-    #[error("{name}='{}' is not valid PEM", .path.display())]
-    InvalidPem {
-        /// The variable or field naming the file, e.g. `ETCD3_CA`.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-        /// The PEM parser's error.
-        #[source]
-        source: Arc<rustls::pki_types::pem::Error>,
-    },
-    /// A CA or certificate file holds no PEM certificate.
-    #[error(
-        "{name}='{}' holds no PEM certificate, expected -----BEGIN CERTIFICATE-----",
-        .path.display()
-    )]
-    NoCertificate {
-        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-    },
-    /// A key file holds no PEM private key.
-    #[error(
-        "{name}='{}' holds no PEM private key, expected -----BEGIN PRIVATE KEY-----",
-        .path.display()
-    )]
-    NoPrivateKey {
-        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-    },
-    /// A certificate of the CA or client certificate file is one rustls rejects
-    /// (e.g. malformed DER).
-    #[error(
-        "{name}='{}' holds a certificate that rustls cannot use, expected a DER-encoded X.509 certificate",
-        .path.display()
-    )]
-    InvalidCertificate {
-        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-        /// rustls's error.
-        #[source]
-        source: Arc<rustls::Error>,
-    },
-    /// The private key is of a kind rustls (with `ring`) cannot sign with;
-    /// RSA, ECDSA P-256/P-384 and Ed25519 work.
-    #[error(
-        "{name}='{}' holds a private key that rustls cannot use, expected an RSA, ECDSA P-256/P-384 or Ed25519 key",
-        .path.display()
-    )]
-    UnsupportedKey {
-        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
-        name: &'static str,
-        /// The file's path.
-        path: PathBuf,
-        /// rustls's error.
-        #[source]
-        source: Arc<rustls::Error>,
-    },
-    /// The client key is not the private key of the client certificate.
-    #[error(
-        "{key_name}='{}' is not the private key of the certificate in {cert_name}",
-        .key_path.display()
-    )]
-    KeyMismatch {
-        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
-        key_name: &'static str,
-        /// The key's path.
-        key_path: PathBuf,
-        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
-        cert_name: &'static str,
-    },
-    /// TLS should be verified against the system's roots, but none were found.
-    #[error(
-        "found no system root certificates, expected some for TLS without ETCD3_CA or TlsConfig.ca_file"
-    )]
-    NoSystemRoots {
-        /// The first error met while loading them, if any.
-        #[source]
-        source: Option<SharedError>,
-    },
-    /// The crypto provider offers none of the TLS versions asked for (1.2 and 1.3).
-    #[error("the ring crypto provider supports neither TLS 1.2 nor TLS 1.3")]
-    TlsVersions {
-        /// rustls's error.
-        #[source]
-        source: Arc<rustls::Error>,
-    },
-}
 
 /// Fills the blanks of `cfg` from the `ETCD3_*` environment variables, then
 /// with defaults, and checks the result (including the TLS files).
@@ -492,12 +226,45 @@ pub fn new_config_with_env(
     let env = |name: &'static str| env(name).filter(|value| !value.is_empty());
     let cfg = cfg.unwrap_or_default();
 
-    // Endpoints: the caller's, else the environment's, else the default.
-    let (endpoints_name, listed, endpoints) = if !cfg.endpoints.is_empty() {
+    // One setting after the other: the order decides which error a config
+    // with several faults gets.
+    let endpoints = fill_endpoints(&cfg.endpoints, &env)?;
+    let dial_timeout = fill_dial_timeout(cfg.dial_timeout, &env)?;
+    let (username, password) = fill_credentials(cfg.username, cfg.password, &env)?;
+    let tls = fill_tls(cfg.tls, &env);
+    let tls = check_tls(tls, &endpoints)?;
+    let debug = fill_debug(cfg.debug, &env);
+
+    Ok(Config {
+        endpoints: endpoints.parsed.into_iter().map(|e| e.raw).collect(),
+        username,
+        password,
+        tls,
+        dial_timeout: Some(dial_timeout),
+        debug,
+    })
+}
+
+/// The checked endpoints, and where they came from for messages.
+struct Endpoints {
+    /// `Config.endpoints` or `ETCD3_ENDPOINT`.
+    name: &'static str,
+    /// The list as given (comma separated).
+    listed: String,
+    /// Trimmed, blank ones dropped, in order.
+    parsed: Vec<Endpoint>,
+}
+
+/// Endpoints: the caller's, else the environment's, else the default.
+fn fill_endpoints(
+    caller: &[String],
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<Endpoints, ConfigError> {
+    let (name, listed, list) = if !caller.is_empty() {
         (
             ENDPOINTS_FIELD,
-            cfg.endpoints.join(","),
-            non_blank(cfg.endpoints.iter().map(String::as_str)),
+            caller.join(","),
+            non_blank(caller.iter().map(String::as_str)),
         )
     } else if let Some(value) = env(ETCD3_ENDPOINT) {
         let endpoints = non_blank(value.split(','));
@@ -509,19 +276,29 @@ pub fn new_config_with_env(
             vec![DEFAULT_ENDPOINT.to_owned()],
         )
     };
-    if endpoints.is_empty() {
+    if list.is_empty() {
         return Err(ConfigError::NoEndpoint {
-            name: endpoints_name,
+            name,
             value: listed,
         });
     }
-    let parsed = endpoints
+    let parsed = list
         .iter()
-        .map(|endpoint| parse_endpoint(endpoints_name, endpoint))
+        .map(|endpoint| parse_endpoint(name, endpoint))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoints {
+        name,
+        listed,
+        parsed,
+    })
+}
 
-    // Dial timeout.
-    let (dial_timeout, timeout_name, timeout_value) = match cfg.dial_timeout {
+/// Dial timeout: the caller's, else the environment's, else the default; not zero.
+fn fill_dial_timeout(
+    caller: Option<Duration>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<Duration, ConfigError> {
+    let (dial_timeout, name, value) = match caller {
         Some(timeout) => (timeout, DIAL_TIMEOUT_FIELD, format!("{timeout:?}")),
         None => match env(ETCD3_DIAL_TIMEOUT) {
             Some(value) => match parse_go_duration(value.trim()) {
@@ -537,33 +314,50 @@ pub fn new_config_with_env(
         },
     };
     if dial_timeout.is_zero() {
-        return Err(ConfigError::ZeroDialTimeout {
-            name: timeout_name,
-            value: timeout_value,
-        });
+        return Err(ConfigError::ZeroDialTimeout { name, value });
     }
+    Ok(dial_timeout)
+}
 
-    // Credentials: both or neither.
-    let username = fill(cfg.username, USERNAME_FIELD, || {
+/// Credentials: the caller's, else the environment's; both or neither.
+fn fill_credentials(
+    username: Option<String>,
+    password: Option<String>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let username = fill(username, USERNAME_FIELD, || {
         env(ETCD3_USER).map(|v| (v, ETCD3_USER))
     });
-    let password = fill(cfg.password, PASSWORD_FIELD, || {
+    let password = fill(password, PASSWORD_FIELD, || {
         env(ETCD3_PASSWORD).map(|v| (v, ETCD3_PASSWORD))
     });
-    match (&username, &password) {
-        (Some((user, name)), None) => {
-            return Err(ConfigError::UserWithoutPassword {
-                name,
-                user: user.clone(),
-            });
-        }
-        (None, Some((_, name))) => return Err(ConfigError::PasswordWithoutUser { name }),
-        _ => {}
+    match (username, password) {
+        (Some((user, name)), None) => Err(ConfigError::UserWithoutPassword { name, user }),
+        (None, Some((_, name))) => Err(ConfigError::PasswordWithoutUser { name }),
+        (username, password) => Ok((
+            username.map(|(user, _)| user),
+            password.map(|(password, _)| password),
+        )),
     }
+}
 
-    // TLS: the caller's blank fields from the environment.
-    let mut tls_origin = cfg.tls.is_some().then_some(TLS_FIELD);
-    let mut tls = cfg.tls.unwrap_or_default();
+/// TLS settings before they are checked against the endpoints.
+struct TlsSettings {
+    /// The caller's, blank fields filled from the environment.
+    tls: TlsConfig,
+    /// The setting each file came from, for messages.
+    names: FileNames,
+    /// The first setting that turns TLS on, if any.
+    origin: Option<&'static str>,
+}
+
+/// TLS: the caller's blank fields from the environment.
+fn fill_tls(
+    caller: Option<TlsConfig>,
+    env: &impl Fn(&'static str) -> Option<String>,
+) -> TlsSettings {
+    let mut origin = caller.is_some().then_some(TLS_FIELD);
+    let mut tls = caller.unwrap_or_default();
     let mut names = FileNames::FIELDS;
     for (file, name, var) in [
         (&mut tls.ca_file, &mut names.ca, ETCD3_CA),
@@ -581,55 +375,64 @@ pub fn new_config_with_env(
         {
             *file = Some(PathBuf::from(path));
             *name = var;
-            tls_origin.get_or_insert(var);
+            origin.get_or_insert(var);
         }
     }
     if !tls.skip_verify && env(ETCD3_SKIP_VERIFY).is_some() {
         tls.skip_verify = true;
-        tls_origin.get_or_insert(ETCD3_SKIP_VERIFY);
+        origin.get_or_insert(ETCD3_SKIP_VERIFY);
     }
     if env(ETCD3_ENABLE_TLS).is_some() {
-        tls_origin.get_or_insert(ETCD3_ENABLE_TLS);
+        origin.get_or_insert(ETCD3_ENABLE_TLS);
     }
+    TlsSettings { tls, names, origin }
+}
 
-    // Schemes: one for all endpoints, and in agreement with the TLS settings.
+/// Schemes: one for all endpoints, and in agreement with the TLS settings (an
+/// `https://` endpoint turns TLS on). Then the TLS files are read and checked.
+fn check_tls(
+    settings: TlsSettings,
+    endpoints: &Endpoints,
+) -> Result<Option<TlsConfig>, ConfigError> {
     let has = |scheme| {
-        parsed
+        endpoints
+            .parsed
             .iter()
             .any(|endpoint| endpoint.scheme == Some(scheme))
     };
     if has(Scheme::Http) && has(Scheme::Https) {
         return Err(ConfigError::MixedSchemes {
-            name: endpoints_name,
-            value: listed,
+            name: endpoints.name,
+            value: endpoints.listed.clone(),
         });
     }
-    let tls = match tls_origin {
+    let tls = match settings.origin {
         Some(origin) => {
-            if let Some(endpoint) = parsed.iter().find(|e| e.scheme == Some(Scheme::Http)) {
+            let http = endpoints
+                .parsed
+                .iter()
+                .find(|e| e.scheme == Some(Scheme::Http));
+            if let Some(endpoint) = http {
                 return Err(ConfigError::HttpWithTls {
-                    name: endpoints_name,
-                    endpoint: endpoint.raw.to_owned(),
+                    name: endpoints.name,
+                    endpoint: endpoint.raw.clone(),
                     tls: origin,
                 });
             }
-            Some(tls)
+            Some(settings.tls)
         }
         None if has(Scheme::Https) => Some(TlsConfig::default()),
         None => None,
     };
     if let Some(tls) = &tls {
-        tls::check(tls, &names)?;
+        tls::check(tls, &settings.names)?;
     }
+    Ok(tls)
+}
 
-    Ok(Config {
-        endpoints,
-        username: username.map(|(user, _)| user),
-        password: password.map(|(password, _)| password),
-        tls,
-        dial_timeout: Some(dial_timeout),
-        debug: cfg.debug || env(ETCD3_DEBUG).is_some(),
-    })
+/// Debug: the caller's, or the environment's.
+fn fill_debug(caller: bool, env: &impl Fn(&'static str) -> Option<String>) -> bool {
+    caller || env(ETCD3_DEBUG).is_some()
 }
 
 /// The endpoints of a config filled by [`new_config`] as full URIs:
@@ -678,231 +481,9 @@ fn non_blank<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scheme {
-    Http,
-    Https,
-}
-
-/// One checked endpoint.
-#[derive(Debug)]
-struct Endpoint<'a> {
-    /// As given (trimmed).
-    raw: &'a str,
-    /// `None` for a bare `host:port`.
-    scheme: Option<Scheme>,
-    /// `host:port`, a valid URI authority.
-    authority: String,
-}
-
-/// Checks `raw` (`host:port` or `http(s)://host:port`, a trailing `/` allowed).
-fn parse_endpoint<'a>(name: &'static str, raw: &'a str) -> Result<Endpoint<'a>, ConfigError> {
-    let endpoint = || raw.to_owned();
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Some(Scheme::Http), rest),
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Some(Scheme::Https), rest),
-        Some(_) => {
-            return Err(ConfigError::EndpointScheme {
-                name,
-                endpoint: endpoint(),
-            });
-        }
-        None => (None, raw),
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if !path.is_empty() && path != "/" {
-        return Err(ConfigError::EndpointPath {
-            name,
-            endpoint: endpoint(),
-        });
-    }
-    let bad_host = || ConfigError::EndpointHost {
-        name,
-        endpoint: endpoint(),
-    };
-    let (host, port) = if authority.starts_with('[') {
-        // An IPv6 address: [::1]:2379.
-        let end = authority.find(']').ok_or_else(bad_host)?;
-        let (host, tail) = authority.split_at(end + 1);
-        match tail {
-            "" => (host, None),
-            _ => (host, Some(tail.strip_prefix(':').ok_or_else(bad_host)?)),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty()
-        || host.contains(['@', ' '])
-        || (!host.starts_with('[') && host.contains(':'))
-    {
-        return Err(bad_host());
-    }
-    let port = match port {
-        None | Some("") => {
-            return Err(ConfigError::EndpointNoPort {
-                name,
-                endpoint: endpoint(),
-            });
-        }
-        Some(port) => match port.parse::<u16>() {
-            Ok(number) if number > 0 && port.bytes().all(|b| b.is_ascii_digit()) => number,
-            _ => {
-                return Err(ConfigError::EndpointPort {
-                    name,
-                    endpoint: endpoint(),
-                });
-            }
-        },
-    };
-    let authority = format!("{host}:{port}");
-    http::uri::Authority::try_from(authority.as_str()).map_err(|_| bad_host())?;
-    Ok(Endpoint {
-        raw,
-        scheme,
-        authority,
-    })
-}
-
-/// Parses a Go duration (`time.ParseDuration`): `300ms`, `1.5s`, `1h30m10s`,
-/// units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`. `None` if malformed, negative
-/// or longer than Go's limit (about 292 years).
-pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
-    const MAX_NANOS: u64 = i64::MAX as u64;
-    let (negative, mut rest) = match text.as_bytes().first()? {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let (whole, tail) = rest.split_at(digits(rest));
-        rest = tail;
-        let mut fraction = "";
-        if let Some(tail) = rest.strip_prefix('.') {
-            (fraction, rest) = tail.split_at(digits(tail));
-        }
-        if whole.is_empty() && fraction.is_empty() {
-            return None;
-        }
-        let (unit, tail) = rest.split_at(
-            rest.find(|c: char| c == '.' || c.is_ascii_digit())
-                .unwrap_or(rest.len()),
-        );
-        rest = tail;
-        let unit: u64 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60 * 1_000_000_000,
-            "h" => 3_600 * 1_000_000_000,
-            _ => return None,
-        };
-        let whole: u64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().ok()?
-        };
-        let mut nanos = whole.checked_mul(unit)?;
-        if !fraction.is_empty() {
-            // Digits past the 18th cannot change the result by a nanosecond.
-            let kept = &fraction[..fraction.len().min(18)];
-            let scale = 10u128.pow(kept.len() as u32);
-            let part = kept.parse::<u128>().ok()? * u128::from(unit) / scale;
-            nanos = nanos.checked_add(u64::try_from(part).ok()?)?;
-        }
-        total = total
-            .checked_add(nanos)
-            .filter(|&total| total <= MAX_NANOS)?;
-    }
-    match negative && total != 0 {
-        true => None,
-        false => Some(Duration::from_nanos(total)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        let ok = |text: &str, nanos: u64| {
-            assert_eq!(
-                parse_go_duration(text),
-                Some(Duration::from_nanos(nanos)),
-                "{text}"
-            )
-        };
-        ok("0", 0);
-        ok("-0", 0);
-        ok("0s", 0);
-        ok("300ms", 300_000_000);
-        ok("15s", 15_000_000_000);
-        ok("+15s", 15_000_000_000);
-        ok("1m", 60_000_000_000);
-        ok("1h30m", 5_400_000_000_000);
-        ok("1h30m10s", 5_410_000_000_000);
-        ok("24h", 86_400_000_000_000);
-        ok("1.5s", 1_500_000_000);
-        ok(".5s", 500_000_000);
-        ok("1.s", 1_000_000_000);
-        ok("1.0000000001s", 1_000_000_000);
-        ok("10ns", 10);
-        ok("10us", 10_000);
-        ok("10µs", 10_000);
-        ok("10μs", 10_000);
-        ok("1h1.5m", 3_690_000_000_000);
-        ok("2562047h47m16.854775807s", i64::MAX as u64);
-        for bad in [
-            "",
-            "abc",
-            "1",
-            "s",
-            ".s",
-            ".",
-            "1x",
-            "1sm",
-            "-1s",
-            "1s ",
-            " 1s",
-            "1.5.5s",
-            "1e3s",
-            "2562047h47m16.854775808s",
-            "99999999999999999999s",
-        ] {
-            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn endpoints() {
-        let authority = |raw| parse_endpoint("x", raw).map(|e| (e.scheme, e.authority));
-        assert_eq!(authority("a:1").unwrap(), (None, "a:1".into()));
-        assert_eq!(
-            authority("HTTPS://a:2379/").unwrap(),
-            (Some(Scheme::Https), "a:2379".into())
-        );
-        assert_eq!(
-            authority("http://[::1]:2379").unwrap(),
-            (Some(Scheme::Http), "[::1]:2379".into())
-        );
-        for bad in [
-            "::1:2379", "[::1]", "[::1]x", "u@a:1", ":1", "a:+1", "a:0", "a:1/x", "a b:1",
-        ] {
-            assert!(authority(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn uris() {

@@ -155,11 +155,21 @@ impl std::fmt::Debug for ElectionConfig {
     }
 }
 
+/// This machine's name from gethostname(2), else "localhost".
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
+    #[cfg(unix)]
+    let name = {
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is writable for the `buf.len() - 1` bytes passed; its
+        // last byte stays 0, so the name ends in a NUL even if truncated.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+        let name = std::ffi::CStr::from_bytes_until_nul(&buf).ok();
+        name.filter(|_| ok)
+            .map(|name| name.to_string_lossy().into_owned())
+    };
+    #[cfg(not(unix))]
+    let name: Option<String> = None;
+    name.map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }

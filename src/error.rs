@@ -6,12 +6,11 @@
 //! [`tonic::Status`] stays reachable through [`Error::status`] and `source()`.
 
 use std::error::Error as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-
-use crate::config::ConfigError;
 
 /// Result with this crate's [`Error`].
 ///
@@ -299,4 +298,248 @@ fn by_message(message: &str) -> Option<Variant> {
         .iter()
         .find(|(text, _)| message.contains(text))
         .map(|(_, variant)| *variant)
+}
+
+/// A setting that is missing, malformed or contradicts another one.
+///
+/// Each message names the setting (the environment variable, or the field
+/// when the caller set it), its value and what was expected. An underlying
+/// error (I/O, PEM, rustls) is the `source()`, not part of the message.
+///
+/// ```
+/// use etcdutil::ConfigError;
+///
+/// let env = |name: &str| (name == "ETCD3_DIAL_TIMEOUT").then(|| "abc".to_owned());
+/// let err = etcdutil::new_config_with_env(None, env).unwrap_err();
+/// assert!(matches!(err, ConfigError::InvalidDuration { .. }));
+/// assert_eq!(err.to_string(), "ETCD3_DIAL_TIMEOUT='abc' is not a duration (1m|15s|24h)");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A dial timeout is not in Go's duration syntax.
+    #[error("{name}='{value}' is not a duration (1m|15s|24h)")]
+    InvalidDuration {
+        /// Where the value came from, e.g. `ETCD3_DIAL_TIMEOUT`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The dial timeout is zero, so no connection could ever be made.
+    #[error("{name}='{value}' is zero, expected a dial timeout above zero")]
+    ZeroDialTimeout {
+        /// `ETCD3_DIAL_TIMEOUT` or `Config.dial_timeout`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The endpoint list holds only blanks and commas.
+    #[error("{name}='{value}' lists no endpoint, expected host:port[,host:port...]")]
+    NoEndpoint {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The list given (comma separated).
+        value: String,
+    },
+    /// An endpoint has a scheme other than `http://` and `https://`.
+    #[error("endpoint '{endpoint}' in {name} has an unknown scheme, expected http:// or https://")]
+    EndpointScheme {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has no host, or one that is not a valid URI host.
+    #[error("endpoint '{endpoint}' in {name} has no valid host, expected host:port")]
+    EndpointHost {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has no port.
+    #[error("endpoint '{endpoint}' in {name} has no port, expected host:port")]
+    EndpointNoPort {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint's port is not a number from 1 to 65535.
+    #[error(
+        "endpoint '{endpoint}' in {name} has an invalid port, expected a number from 1 to 65535"
+    )]
+    EndpointPort {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An endpoint has a path after `host:port`.
+    #[error("endpoint '{endpoint}' in {name} has a path, expected nothing after host:port")]
+    EndpointPath {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// Some endpoints are `http://` and others `https://`.
+    #[error("{name}='{value}' mixes http:// and https:// endpoints, expected one scheme for all")]
+    MixedSchemes {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The list given (comma separated).
+        value: String,
+    },
+    /// An `http://` endpoint, while a TLS setting asks for TLS.
+    #[error(
+        "endpoint '{endpoint}' in {name} is http:// but {tls} turns TLS on, expected https:// or host:port"
+    )]
+    HttpWithTls {
+        /// `ETCD3_ENDPOINT` or `Config.endpoints`.
+        name: &'static str,
+        /// The `http://` endpoint.
+        endpoint: String,
+        /// The setting that turns TLS on, e.g. `ETCD3_CA` or `Config.tls`.
+        tls: &'static str,
+    },
+    /// A user name without a password.
+    #[error("{name}='{user}' has no password, expected Config.password or ETCD3_PASSWORD too")]
+    UserWithoutPassword {
+        /// `ETCD3_USER` or `Config.username`.
+        name: &'static str,
+        /// The user name.
+        user: String,
+    },
+    /// A password without a user name.
+    #[error("{name} is set without a user name, expected Config.username or ETCD3_USER too")]
+    PasswordWithoutUser {
+        /// `ETCD3_PASSWORD` or `Config.password`.
+        name: &'static str,
+    },
+    /// A client certificate without its private key.
+    #[error(
+        "{name}='{}' is a client certificate without a key, expected TlsConfig.key_file or ETCD3_TLS_KEY too",
+        .path.display()
+    )]
+    CertWithoutKey {
+        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
+        name: &'static str,
+        /// The certificate's path.
+        path: PathBuf,
+    },
+    /// A client private key without its certificate.
+    #[error(
+        "{name}='{}' is a client key without a certificate, expected TlsConfig.cert_file or ETCD3_TLS_CERT too",
+        .path.display()
+    )]
+    KeyWithoutCert {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The key's path.
+        path: PathBuf,
+    },
+    /// A CA, certificate or key file cannot be read.
+    #[error("cannot read {name}='{}'", .path.display())]
+    ReadFile {
+        /// The variable or field naming the file, e.g. `ETCD3_CA`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A CA, certificate or key file is malformed PEM.
+    #[error("{name}='{}' is not valid PEM", .path.display())]
+    InvalidPem {
+        /// The variable or field naming the file, e.g. `ETCD3_CA`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// The PEM parser's error.
+        #[source]
+        source: Arc<rustls::pki_types::pem::Error>,
+    },
+    /// A CA or certificate file holds no PEM certificate.
+    #[error(
+        "{name}='{}' holds no PEM certificate, expected -----BEGIN CERTIFICATE-----",
+        .path.display()
+    )]
+    NoCertificate {
+        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// A key file holds no PEM private key.
+    #[error(
+        "{name}='{}' holds no PEM private key, expected -----BEGIN PRIVATE KEY-----",
+        .path.display()
+    )]
+    NoPrivateKey {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// A certificate of the CA or client certificate file is one rustls rejects
+    /// (e.g. malformed DER).
+    #[error(
+        "{name}='{}' holds a certificate that rustls cannot use, expected a DER-encoded X.509 certificate",
+        .path.display()
+    )]
+    InvalidCertificate {
+        /// `ETCD3_CA`, `ETCD3_TLS_CERT` or the `TlsConfig` field.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
+    /// The private key is of a kind rustls (with `ring`) cannot sign with;
+    /// RSA, ECDSA P-256/P-384 and Ed25519 work.
+    #[error(
+        "{name}='{}' holds a private key that rustls cannot use, expected an RSA, ECDSA P-256/P-384 or Ed25519 key",
+        .path.display()
+    )]
+    UnsupportedKey {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        name: &'static str,
+        /// The file's path.
+        path: PathBuf,
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
+    /// The client key is not the private key of the client certificate.
+    #[error(
+        "{key_name}='{}' is not the private key of the certificate in {cert_name}",
+        .key_path.display()
+    )]
+    KeyMismatch {
+        /// `ETCD3_TLS_KEY` or `TlsConfig.key_file`.
+        key_name: &'static str,
+        /// The key's path.
+        key_path: PathBuf,
+        /// `ETCD3_TLS_CERT` or `TlsConfig.cert_file`.
+        cert_name: &'static str,
+    },
+    /// TLS should be verified against the system's roots, but none were found.
+    #[error(
+        "found no system root certificates, expected some for TLS without ETCD3_CA or TlsConfig.ca_file"
+    )]
+    NoSystemRoots {
+        /// The first error met while loading them, if any.
+        #[source]
+        source: Option<SharedError>,
+    },
+    /// The crypto provider offers none of the TLS versions asked for (1.2 and 1.3).
+    #[error("the ring crypto provider supports neither TLS 1.2 nor TLS 1.3")]
+    TlsVersions {
+        /// rustls's error.
+        #[source]
+        source: Arc<rustls::Error>,
+    },
 }

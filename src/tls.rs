@@ -1,4 +1,5 @@
-//! The rustls client configuration built from a [`TlsConfig`].
+//! [`TlsConfig`], the TLS settings, and the rustls client configuration built
+//! from them.
 //!
 //! Always the `ring` provider, TLS 1.2 or newer, ALPN `h2` (gRPC runs over
 //! HTTP/2). Files are read with `std::fs` so that a missing file is reported
@@ -14,7 +15,29 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::{ConfigError, TlsConfig};
+use crate::error::ConfigError;
+
+/// TLS settings. rustls never negotiates below TLS 1.2.
+///
+/// ```
+/// let tls = etcdutil::TlsConfig {
+///     ca_file: Some("/etc/etcd/ca.pem".into()),
+///     cert_file: Some("/etc/etcd/client.pem".into()),
+///     key_file: Some("/etc/etcd/client-key.pem".into()),
+///     skip_verify: false,
+/// };
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM CA certificates to verify etcd with; `None` uses the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for etcd's `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. For tests only.
+    pub skip_verify: bool,
+}
 
 /// The names of the settings the TLS files came from, for error messages:
 /// the `TlsConfig` field, or the environment variable that filled it.
