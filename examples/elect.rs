@@ -5,38 +5,24 @@
 //! ```
 //!
 //! etcd comes from the `ETCD3_*` environment variables (default
-//! 127.0.0.1:2379). Reads commands from stdin, one per line: `concede`,
-//! `proclaim DATA`, `close`. End of stdin changes nothing. SIGINT or SIGTERM
-//! closes the election (both closing events are printed) and exits 0.
+//! 127.0.0.1:2379); etcd need not be up yet: the candidate joins once it is,
+//! printing an error event per failed attempt meanwhile. Reads commands from
+//! stdin, one per line: `concede`, `proclaim DATA`, `close`. End of stdin
+//! changes nothing. SIGINT, SIGTERM or `close` closes the election (both
+//! closing events are printed) and exits 0 within TTL + 1 s, whatever stdin
+//! is (a terminal, a pipe left open, /dev/null). A bad `ETCD3_*` value or
+//! argument exits 2 with the message.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use etcdutil::{ElectionConfig, ElectionEvent, new_client, new_election_async};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 fn usage() -> ! {
     eprintln!("usage: elect ELECTION CANDIDATE [--ttl SECS]");
     std::process::exit(2);
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The error with its causes, `outer: inner: ...`.
@@ -52,18 +38,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn print_event(event: &ElectionEvent) {
-    let err = match &event.err {
-        Some(error) => json_string(&error_chain(error)),
-        None => "null".into(),
-    };
-    let line = format!(
-        "{{\"is_leader\":{},\"is_done\":{},\"leader_key\":{},\"leader_data\":{},\"err\":{}}}",
-        event.is_leader,
-        event.is_done,
-        json_string(&event.leader_key),
-        json_string(&event.leader_data),
-        err
-    );
+    let line = serde_json::json!({
+        "is_leader": event.is_leader,
+        "is_done": event.is_done,
+        "leader_key": event.leader_key,
+        "leader_data": event.leader_data,
+        "err": event.err.as_ref().map(|error| error_chain(error)),
+    });
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
@@ -83,11 +64,12 @@ async fn main() {
         }
     }
 
+    // Lazy: returns without waiting for etcd, fails only on a bad config.
     let client = match new_client(None).await {
         Ok(client) => client,
         Err(error) => {
             eprintln!("elect: {}", error_chain(&error));
-            std::process::exit(1);
+            std::process::exit(2);
         }
     };
     let config = ElectionConfig {
@@ -106,14 +88,14 @@ async fn main() {
 
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     let mut stdin_open = true;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => {
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => {
                     let line = line.trim();
                     match line.split_once(' ').unwrap_or((line, "")) {
                         ("concede", _) => {
@@ -132,9 +114,28 @@ async fn main() {
                     }
                 }
                 // End of stdin changes nothing: keep campaigning until a signal.
-                Ok(None) | Err(_) => stdin_open = false,
+                None => stdin_open = false,
             },
         }
     }
     election.close().await;
+    // The stdin thread may still be blocked in read(2): exit without it.
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+/// stdin's lines, read on a thread of their own. tokio's stdin reads on its
+/// blocking pool, which the runtime waits for at shutdown: a pipe held open
+/// by a supervisor (or a terminal) would keep the process from exiting.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (sender, lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
