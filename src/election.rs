@@ -69,7 +69,7 @@ pub const ELECTION_PREFIX: &str = "/elections";
 /// ```
 pub const DEFAULT_ELECTION_TTL: i64 = 5;
 
-/// Retry a failed Campaign or Observe after this long.
+/// Retry a failed candidacy Txn or watch after this long.
 const RETRY: Duration = Duration::from_millis(500);
 
 /// One change in an election, as seen by one candidate.
@@ -665,7 +665,7 @@ struct Task {
     lease: i64,
     campaign: Option<Campaign>,
     /// The newest etcd revision our view of the election is current as of:
-    /// an Observe message from before it (say, still showing the key we just
+    /// an observer report from before it (say, still showing the key we just
     /// resigned) is stale and ignored.
     as_of_rev: i64,
     /// The last (is_leader, key, data) emitted, to report only changes.
