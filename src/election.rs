@@ -43,17 +43,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::candidacy::{Inputs, RETRY, Task};
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::observe::{Leader, Report, oldest_first, prefix_range, run_observe, until_deleted};
+use crate::observe::{Leader, Observed, Report, run_observe};
 use crate::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, compare,
-    request_op, response_op,
+    Compare, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
-use crate::proto::mvccpb::KeyValue;
-use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest};
+use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest};
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};
-use crate::transport::Attempt;
 
 /// Where elections live in etcd's key space.
 ///
@@ -68,9 +66,6 @@ pub const ELECTION_PREFIX: &str = "/elections";
 /// assert_eq!(etcdutil::ElectionConfig::default().ttl, etcdutil::DEFAULT_ELECTION_TTL);
 /// ```
 pub const DEFAULT_ELECTION_TTL: i64 = 5;
-
-/// Retry a failed candidacy Txn or watch after this long.
-const RETRY: Duration = Duration::from_millis(500);
 
 /// One change in an election, as seen by one candidate.
 ///
@@ -259,11 +254,13 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
             };
             let item = match report {
                 None => return,
-                Some(Ok(Report { leader: None, .. })) => continue,
-                Some(Ok(Report {
+                Some(Ok(Observed::Watching | Observed::Report(Report { leader: None, .. }))) => {
+                    continue;
+                }
+                Some(Ok(Observed::Report(Report {
                     leader: Some(leader),
                     ..
-                })) => Ok(leader),
+                }))) => Ok(leader),
                 Some(Err(error)) => Err(error),
             };
             if sender.send(item).is_err() {
@@ -275,31 +272,31 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
 }
 
 /// What the handle and the session's observer share with the election task.
-struct Shared {
+pub(crate) struct Shared {
     /// Read without a lock by `is_leader`.
-    is_leader: AtomicBool,
+    pub(crate) is_leader: AtomicBool,
     /// Our term while we lead; written together with `is_leader`.
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
     observer: Option<EventObserver>,
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// The session's current lease, or NO_LEASE.
-    lease: i64,
+    pub(crate) lease: i64,
     /// Our term, while we lead.
-    term: Option<LeaderKey>,
+    pub(crate) term: Option<LeaderKey>,
 }
 
 impl Shared {
     /// Steps down at once, before anything is sent to etcd.
-    fn step_down(&self, state: &mut State) {
+    pub(crate) fn step_down(&self, state: &mut State) {
         self.is_leader.store(false, Ordering::SeqCst);
         state.term = None;
     }
 
-    fn emit(&self, event: ElectionEvent) {
+    pub(crate) fn emit(&self, event: ElectionEvent) {
         if let Some(observer) = &self.observer {
             observer(event.clone());
         }
@@ -310,7 +307,8 @@ impl Shared {
     }
 }
 
-enum Command {
+/// What the handle asks of the election task.
+pub(crate) enum Command {
     Concede(oneshot::Sender<Result<bool>>),
     /// Close, finishing by this instant.
     Close(Instant),
@@ -437,29 +435,26 @@ impl Election {
             },
         )?;
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (observed_tx, observed) = mpsc::unbounded_channel();
+        let (report_tx, reports) = mpsc::unbounded_channel();
+        // The observer first: the candidacy waits for its watch (see `candidacy`).
+        tokio::spawn(run_observe(client.clone(), name.clone(), report_tx, RETRY));
         let (done_tx, done) = watch::channel(false);
-        let task = Task {
-            client: client.clone(),
-            name: name.clone(),
-            candidate: config.candidate,
-            ttl: Duration::from_secs(ttl as u64),
-            shared: shared.clone(),
+        let ttl_duration = Duration::from_secs(ttl as u64);
+        let task = Task::new(
+            client,
+            name.clone(),
+            config.candidate,
+            ttl_duration,
+            shared.clone(),
             session,
-            lease: NO_LEASE,
-            campaign: None,
-            as_of_rev: 0,
-            last: None,
-            our_rev: None,
-            observe_to: Some(observed_tx),
-            announced: false,
-            held_back: None,
-            observed: None,
-            blockers: Vec::new(),
-            blockers_gone: None,
+        );
+        let inputs = Inputs {
+            leases,
+            reports,
+            commands: command_rx,
         };
         tokio::spawn(async move {
-            task.run(leases, observed, command_rx).await;
+            task.run(inputs).await;
             let _ = done_tx.send(true);
         });
         Ok(Election {
@@ -639,503 +634,14 @@ impl Drop for Election {
     }
 }
 
-/// How far a campaign got.
-enum Step {
-    /// Our key is in etcd: we are in the race, behind (or as) `leader`, and
-    /// behind the Go package's candidates in `go_older`, as of `as_of_rev`.
-    Entered {
-        leader: Option<Leader>,
-        our_rev: i64,
-        go_older: Vec<Leader>,
-        as_of_rev: i64,
-    },
-}
-
-/// A step of a campaign, and how its call was sent (for `Transport::recover`).
-type Campaign = Pin<Box<dyn Future<Output = (Attempt, Result<Step>)> + Send>>;
-
-struct Task {
-    client: Client,
-    name: String,
-    candidate: String,
-    ttl: Duration,
-    shared: Arc<Shared>,
-    session: Session,
-    /// The lease our candidacy stands on, or NO_LEASE.
-    lease: i64,
-    campaign: Option<Campaign>,
-    /// The newest etcd revision our view of the election is current as of:
-    /// an observer report from before it (say, still showing the key we just
-    /// resigned) is stale and ignored.
-    as_of_rev: i64,
-    /// The last (is_leader, key, data) emitted, to report only changes.
-    last: Option<(bool, String, String)>,
-    /// Our key's create revision, while it is in etcd (as far as we know).
-    our_rev: Option<i64>,
-    /// Where the observer reports to, until it is started: once our key is
-    /// in, so that its first report already counts us in the race.
-    observe_to: Option<mpsc::UnboundedSender<Result<Report>>>,
-    /// Whether any leader was reported yet. Until we are in the race, another
-    /// leader is held back here, so the first outcome (what `new_election`
-    /// waits for) means that we are a candidate behind that leader.
-    announced: bool,
-    held_back: Option<Leader>,
-    /// The last leader Observe (or the entering Txn) reported, accepted.
-    observed: Option<Leader>,
-    /// Candidates of the Go package in this election (see [`go_candidates`])
-    /// that entered before our key, oldest first: we defer to them.
-    blockers: Vec<Leader>,
-    /// Resolves once every blocker is deleted.
-    blockers_gone: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-}
-
-impl Task {
-    async fn run(
-        mut self,
-        mut leases: mpsc::UnboundedReceiver<(i64, Option<Error>)>,
-        mut observed: mpsc::UnboundedReceiver<Result<Report>>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
-        loop {
-            tokio::select! {
-                biased;
-                command = commands.recv() => match command {
-                    Some(Command::Concede(reply)) => {
-                        let _ = reply.send(self.concede().await);
-                    }
-                    Some(Command::Close(deadline)) => {
-                        self.close(deadline).await;
-                        return;
-                    }
-                    None => {
-                        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
-                        self.close(deadline).await;
-                        return;
-                    }
-                },
-                Some((lease, error)) = leases.recv() => self.on_lease(lease, error),
-                Some(report) = observed.recv() => match report {
-                    Ok(report) => self.on_report(report),
-                    Err(error) => self.emit_error(error),
-                },
-                () = async { self.blockers_gone.as_mut().expect("guarded").await }, if self.blockers_gone.is_some() => {
-                    self.blockers_gone = None;
-                    self.blockers.clear();
-                    self.decide();
-                }
-                outcome = async { self.campaign.as_mut().expect("guarded").await }, if self.campaign.is_some() => {
-                    self.campaign = None;
-                    let (attempt, outcome) = outcome;
-                    match outcome {
-                        Ok(Step::Entered { leader, our_rev, go_older, as_of_rev }) => {
-                            self.our_rev = Some(our_rev);
-                            self.blockers_gone = (!go_older.is_empty()).then(|| {
-                                let keys = go_older.iter().map(|go| go.key.clone().into_bytes()).collect();
-                                Box::pin(until_deleted(self.client.clone(), keys, as_of_rev, RETRY)) as Pin<Box<_>>
-                            });
-                            self.blockers = go_older;
-                            if let Some(observe_to) = self.observe_to.take() {
-                                tokio::spawn(run_observe(self.client.clone(), self.name.clone(), observe_to, RETRY));
-                            }
-                            for leader in [self.held_back.take(), leader].into_iter().flatten() {
-                                self.on_leader(leader);
-                            }
-                        }
-                        Err(error) => {
-                            let delay = if self.client.transport_ref().recover(&error, &attempt).await {
-                                Duration::ZERO
-                            } else {
-                                self.emit_error(error);
-                                RETRY
-                            };
-                            self.campaign = Some(self.enter_after(delay));
-                        }
-                    }
-                }
-            }
-            self.keep_campaigning();
-        }
-    }
-
-    /// Our candidate's key for `lease`, as etcd's Campaign writes it.
-    fn our_key(&self, lease: i64) -> String {
-        format!("{}/{:x}", self.name, lease)
-    }
-
-    fn on_lease(&mut self, lease: i64, error: Option<Error>) {
-        self.lease = lease;
-        // A campaign on the old lease is void; dropping it cancels the RPC.
-        self.campaign = None;
-        self.blockers.clear();
-        self.blockers_gone = None;
-        self.our_rev = None;
-        if lease == NO_LEASE {
-            // We stepped down in the session's observer already; say so, with
-            // the cause if there was one (a reset has none).
-            self.emit(ElectionEvent {
-                err: error,
-                ..ElectionEvent::default()
-            });
-        }
-    }
-
-    /// Whether `leader` is our key, on our current lease.
-    fn is_ours(&self, leader: &Leader) -> bool {
-        self.lease != NO_LEASE
-            && leader.lease == self.lease
-            && leader.key == self.our_key(self.lease)
-    }
-
-    fn on_report(&mut self, report: Report) {
-        match report.leader {
-            Some(leader) => self.on_leader(leader),
-            None if report.as_of_rev >= self.as_of_rev => {
-                // No candidate at all: our key is gone too (deleted by
-                // someone else). Enter again; step down meanwhile.
-                self.as_of_rev = report.as_of_rev;
-                self.our_rev = None;
-                if self.observed.take().is_some() {
-                    let mut state = self.shared.state.lock().expect("state lock");
-                    self.shared.step_down(&mut state);
-                    drop(state);
-                    self.emit(ElectionEvent::default());
-                }
-            }
-            None => {}
-        }
-    }
-
-    fn on_leader(&mut self, leader: Leader) {
-        if leader.as_of_rev < self.as_of_rev {
-            return;
-        }
-        self.as_of_rev = leader.as_of_rev;
-        let ours = self.is_ours(&leader);
-        if !self.announced && !ours && self.our_rev.is_none() {
-            self.held_back = Some(leader);
-            return;
-        }
-        self.announced = true;
-        if self.our_rev.is_some_and(|our_rev| leader.rev > our_rev) {
-            // A younger key leads: ours is gone. Enter again.
-            self.our_rev = None;
-        }
-        self.observed = Some(leader);
-        self.decide();
-    }
-
-    /// Leads if the observed leader is our key and no Go candidate entered
-    /// before it; reports the leader otherwise (the oldest of the two).
-    fn decide(&mut self) {
-        let Some(observed) = self.observed.clone() else {
-            return;
-        };
-        let ours = self.is_ours(&observed);
-        let leader = match self.blockers.first() {
-            Some(go) if go.rev < observed.rev => go.clone(),
-            _ => observed,
-        };
-        let is_leader = {
-            let mut state = self.shared.state.lock().expect("state lock");
-            // The session may have lost the lease since this message was sent.
-            if ours && self.blockers.is_empty() && state.lease == leader.lease {
-                state.term = Some(LeaderKey {
-                    name: self.name.clone().into_bytes(),
-                    key: leader.key.clone().into_bytes(),
-                    rev: leader.rev,
-                    lease: leader.lease,
-                });
-                self.shared.is_leader.store(true, Ordering::SeqCst);
-                true
-            } else {
-                self.shared.step_down(&mut state);
-                false
-            }
-        };
-        self.emit(ElectionEvent {
-            is_leader,
-            leader_key: leader.key,
-            leader_data: leader.data,
-            ..ElectionEvent::default()
-        });
-    }
-
-    /// Enters the race whenever we hold a lease and our key is not in etcd.
-    fn keep_campaigning(&mut self) {
-        if self.lease != NO_LEASE && self.campaign.is_none() && self.our_rev.is_none() {
-            self.campaign = Some(self.enter_after(Duration::ZERO));
-        }
-    }
-
-    /// Puts our key if it is not there, as the first step of etcd's Campaign
-    /// does, so that we know when we are in the race; and in the same Txn
-    /// reads who leads (the oldest key), our key's create revision and the
-    /// Go package's candidates, so the first outcome costs no more.
-    fn enter_after(&self, delay: Duration) -> Campaign {
-        let mut kv = self.client.kv();
-        let name = self.name.clone();
-        let our_key = self.our_key(self.lease).into_bytes();
-        let absent = created_at(our_key.clone(), 0);
-        let put = PutRequest {
-            key: our_key.clone(),
-            value: self.candidate.clone().into_bytes(),
-            lease: self.lease,
-            ..Default::default()
-        };
-        let reads = vec![
-            oldest_in(prefix_range(&format!("{name}/")), 1),
-            range_op(RangeRequest {
-                key: our_key,
-                ..Default::default()
-            }),
-            oldest_in(go_candidates(&name), GO_PAGE),
-        ];
-        let txn = TxnRequest {
-            compare: vec![absent],
-            success: [vec![request_op_put(put)], reads.clone()].concat(),
-            failure: reads,
-        };
-        let client = self.client.clone();
-        self.step_after(delay, async move {
-            let response = kv.txn(txn).await?.into_inner();
-            let as_of_rev = response.header.map_or(0, |h| h.revision);
-            let mut ranges = response
-                .responses
-                .into_iter()
-                .rev()
-                .map(|r| match r.response {
-                    Some(response_op::Response::ResponseRange(range)) => Ok(range),
-                    _ => Err(Error::UnexpectedResponse {
-                        what: "the candidacy Txn answered a read with no range".into(),
-                    }),
-                });
-            let (go, ours, oldest) = match (ranges.next(), ranges.next(), ranges.next()) {
-                (Some(go), Some(ours), Some(oldest)) => (go?, ours?, oldest?),
-                _ => {
-                    return Err(Error::UnexpectedResponse {
-                        what: "the candidacy Txn answered fewer reads than asked".into(),
-                    });
-                }
-            };
-            let our_rev = ours.kvs.first().map_or(as_of_rev, |kv| kv.create_revision);
-            let go_older = go_candidates_before(&client, &name, go, our_rev, as_of_rev).await?;
-            Ok(Step::Entered {
-                leader: oldest.kvs.first().map(|kv| Leader::new(kv, as_of_rev)),
-                our_rev,
-                go_older: go_older
-                    .iter()
-                    .map(|kv| Leader::new(kv, as_of_rev))
-                    .collect(),
-                as_of_rev,
-            })
-        })
-    }
-
-    /// Runs a campaign step's call after `delay`, noting how it was sent.
-    fn step_after(
-        &self,
-        delay: Duration,
-        call: impl Future<Output = Result<Step>> + Send + 'static,
-    ) -> Campaign {
-        let transport = self.client.transport();
-        Box::pin(async move {
-            if !delay.is_zero() {
-                // (Even a zero sleep waits for the timer's next 1 ms tick.)
-                tokio::time::sleep(delay).await;
-            }
-            let attempt = transport.attempt();
-            (attempt, call.await)
-        })
-    }
-
-    /// Steps down now; returns the term we held, if any.
-    fn step_down(&mut self) -> Option<LeaderKey> {
-        let mut state = self.shared.state.lock().expect("state lock");
-        let term = state
-            .term
-            .clone()
-            .filter(|_| self.shared.is_leader.load(Ordering::SeqCst));
-        self.shared.step_down(&mut state);
-        term
-    }
-
-    async fn concede(&mut self) -> Result<bool> {
-        let Some(term) = self.step_down() else {
-            return Ok(false);
-        };
-        self.emit(ElectionEvent::default());
-        match resign(&self.client, term, self.ttl / 2).await {
-            // Observe messages from before the Resign would show our old key.
-            Ok(revision) => {
-                self.as_of_rev = self.as_of_rev.max(revision);
-                self.our_rev = None; // enter again, behind the others
-            }
-            Err(error) => {
-                // Our key may still hold the office, and we no longer take it
-                // for ours: give up the lease, so the key goes and we start over.
-                self.session.reset();
-                return Err(error);
-            }
-        }
-        Ok(true)
-    }
-
-    async fn close(mut self, deadline: Instant) {
-        let term = self.step_down();
-        self.campaign = None;
-        self.blockers_gone = None;
-        // The closing pair goes out whatever was reported before.
-        self.last = None;
-        self.emit(ElectionEvent::default());
-        if let Some(term) = term {
-            // Best effort: the revoke below deletes the key anyway. Half the
-            // TTL at most, so the revoke keeps some of the budget.
-            let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
-            let _ = resign(&self.client, term, limit).await;
-        }
-        self.session.close_by(deadline).await;
-        self.emit(ElectionEvent {
-            is_done: true,
-            ..ElectionEvent::default()
-        });
-    }
-
-    fn emit_error(&mut self, error: Error) {
-        let mut event = ElectionEvent {
-            err: Some(error),
-            ..ElectionEvent::default()
-        };
-        event.is_leader = self.shared.is_leader.load(Ordering::SeqCst);
-        if let Some((_, key, data)) = &self.last {
-            event.leader_key = key.clone();
-            event.leader_data = data.clone();
-        }
-        self.emit(event);
-    }
-
-    /// Emits `event` unless it repeats the last one; errors always go out.
-    fn emit(&mut self, event: ElectionEvent) {
-        let now = (
-            event.is_leader,
-            event.leader_key.clone(),
-            event.leader_data.clone(),
-        );
-        if event.err.is_none() && !event.is_done && self.last.as_ref() == Some(&now) {
-            return;
-        }
-        self.last = Some(now);
-        self.shared.emit(event);
-    }
-}
-
 /// A Txn compare: `key` was created at revision `rev` (0: does not exist).
-fn created_at(key: Vec<u8>, rev: i64) -> Compare {
+pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
     Compare {
         result: compare::CompareResult::Equal as i32,
         target: compare::CompareTarget::Create as i32,
         key,
         target_union: Some(compare::TargetUnion::CreateRevision(rev)),
         range_end: vec![],
-    }
-}
-
-/// The Go package (`holster/etcdutil`) writes its candidate key as
-/// `/elections/<name><lease in hex>`, with no `/` in between, and takes the
-/// oldest key under the prefix `/elections/<name>` for the leader, ours
-/// included. Its candidates live in the key range from `<prefix>0` to
-/// `<prefix>g` (hex digits start with 0-9 or a-f); which of those keys are
-/// really candidates of this election is told by [`is_go_candidate`].
-fn go_candidates(name: &str) -> (Vec<u8>, Vec<u8>) {
-    (
-        format!("{name}0").into_bytes(),
-        format!("{name}g").into_bytes(),
-    )
-}
-
-/// A Go candidate's key is the election's prefix followed by exactly the hex
-/// of the lease it is attached to: so election `foo` never takes a key of
-/// election `foobar` (`/elections/foobar/..`) or Go election `fooab`'s
-/// (`/elections/fooab12..`, whose lease is `ab12..`, not `12..`) for its own.
-fn is_go_candidate(name: &str, kv: &KeyValue) -> bool {
-    kv.lease > 0
-        && kv.key.strip_prefix(name.as_bytes()) == Some(format!("{:x}", kv.lease).as_bytes())
-}
-
-/// How many keys of the Go range one read brings.
-const GO_PAGE: i64 = 16;
-
-/// The Go candidates created before revision `our_rev`, oldest first, from
-/// the first page `first` of the Go range read as of `as_of_rev`. Reads more
-/// pages only if that one was full of older keys (keys of other elections
-/// whose names extend ours): with no Go candidate, it costs no round trip.
-async fn go_candidates_before(
-    client: &Client,
-    name: &str,
-    first: RangeResponse,
-    our_rev: i64,
-    as_of_rev: i64,
-) -> Result<Vec<KeyValue>> {
-    let mut older = Vec::new();
-    let mut page = first;
-    loop {
-        let last_rev = page.kvs.last().map_or(0, |kv| kv.create_revision);
-        older.extend(
-            page.kvs
-                .into_iter()
-                .filter(|kv| kv.create_revision < our_rev && is_go_candidate(name, kv)),
-        );
-        if !page.more || last_rev + 1 >= our_rev {
-            return Ok(older);
-        }
-        let (key, range_end) = go_candidates(name);
-        let request = RangeRequest {
-            key,
-            range_end,
-            revision: as_of_rev,
-            min_create_revision: last_rev + 1,
-            max_create_revision: our_rev - 1,
-            ..oldest_first(GO_PAGE)
-        };
-        page = client.kv().range(request).await?.into_inner();
-    }
-}
-
-/// A Range of the keys from `range.0` up to `range.1`, oldest first, at most `limit`.
-fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
-    let (key, range_end) = range;
-    range_op(RangeRequest {
-        key,
-        range_end,
-        ..oldest_first(limit)
-    })
-}
-
-fn range_op(range: RangeRequest) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(range)),
-    }
-}
-
-fn request_op_put(put: PutRequest) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(put)),
-    }
-}
-
-/// Ends a term: deletes the leader key if its create revision is still the term's.
-/// Returns the revision etcd answered at.
-async fn resign(client: &Client, term: LeaderKey, limit: Duration) -> Result<i64> {
-    let mut election = client.election();
-    let resign = election.resign(ResignRequest { leader: Some(term) });
-    match tokio::time::timeout(limit, resign).await {
-        Ok(result) => {
-            let response = result?.into_inner();
-            Ok(response.header.map_or(0, |h| h.revision))
-        }
-        Err(_) => Err(Error::Timeout {
-            what: "Resign",
-            after: limit,
-        }),
     }
 }
 
@@ -1209,31 +715,6 @@ mod tests {
         assert_eq!(election_key("/jobs").unwrap(), "/elections/jobs");
         assert_eq!(election_key("jobs/").unwrap(), "/elections/jobs");
         assert_eq!(election_key("a//b").unwrap(), "/elections/a/b");
-    }
-
-    #[test]
-    fn go_candidates_are_the_prefix_then_their_own_lease_in_hex() {
-        let kv = |key: &str, lease: i64| KeyValue {
-            key: key.as_bytes().to_vec(),
-            lease,
-            ..Default::default()
-        };
-        let foo = "/elections/foo";
-        assert!(is_go_candidate(foo, &kv("/elections/fooab12", 0xab12)));
-        // Another Go election's candidate: "fooab" with lease 0x12.
-        assert!(!is_go_candidate(foo, &kv("/elections/fooab12", 0x12)));
-        assert!(is_go_candidate(
-            "/elections/fooab",
-            &kv("/elections/fooab12", 0x12)
-        ));
-        // Ours, and election "foobar"'s: not Go candidates of "foo".
-        assert!(!is_go_candidate(foo, &kv("/elections/foo/ab12", 0xab12)));
-        assert!(!is_go_candidate(foo, &kv("/elections/foobar/ab12", 0xab12)));
-        // A key without a lease is no candidate.
-        assert!(!is_go_candidate(foo, &kv("/elections/foo0", 0)));
-        let (start, end) = go_candidates(foo);
-        assert!(start.as_slice() <= b"/elections/foo0".as_slice());
-        assert!(b"/elections/foof".as_slice() < end.as_slice());
     }
 
     #[test]

@@ -36,8 +36,10 @@
 //! - `session`: [`Session`], a lease kept alive, lost before etcd can expire it.
 //! - `keepalive`: the one `LeaseKeepAlive` stream a client shares among all its sessions.
 //! - `observe`: who leads an election, followed with one Watch of our own; [`Leader`].
-//! - `election`: [`Election`] over etcd's Election service, [`LeaderElector`],
+//! - `election`: [`Election`] and its events, [`LeaderElector`],
 //!   [`AlwaysLeaderMock`], [`observe`] and [`leader`].
+//! - `candidacy`: the task behind an [`Election`], a state machine with a
+//!   transition table in its docs.
 //! - `error`: [`Error`], one type for all of it, and [`ConfigError`], the settings' part.
 //! - `wire`: the wire log (`ETCD3_DEBUG`, tracing target [`WIRE_TARGET`]).
 //! - [`testing`] (feature `test-util`): a real etcd for tests, clusters and a fault proxy.
@@ -51,6 +53,7 @@
 
 #![warn(missing_docs)]
 
+mod candidacy;
 mod client;
 mod config;
 mod election;

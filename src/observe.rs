@@ -75,6 +75,15 @@ pub(crate) struct Report {
     pub(crate) as_of_rev: i64,
 }
 
+/// What the observer tells.
+#[derive(Clone, Debug)]
+pub(crate) enum Observed {
+    /// Its watch exists: every change from now on will be reported.
+    Watching,
+    /// The leader now.
+    Report(Report),
+}
+
 /// Every key that starts with `prefix`: the range from it to its successor.
 pub(crate) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let prefix = prefix.as_bytes().to_vec();
@@ -101,7 +110,7 @@ pub(crate) fn oldest_first(limit: i64) -> RangeRequest {
 pub(crate) async fn run_observe(
     client: Client,
     name: String,
-    reports: mpsc::UnboundedSender<Result<Report>>,
+    reports: mpsc::UnboundedSender<Result<Observed>>,
     retry: std::time::Duration,
 ) {
     let mut renewed_last = false;
@@ -131,37 +140,59 @@ pub(crate) async fn run_observe(
     }
 }
 
-/// Reads the candidates, then follows them; returns why it stopped.
+/// Watches the candidates, reads them as of the watch's start, then
+/// follows them; returns why it stopped.
+///
+/// The watch comes first, from etcd's current revision: a watch asked to
+/// start at a revision etcd has already passed (as one opened after a read
+/// would be, whenever the election changed in between) is only caught up by
+/// etcd's 100 ms watcher-sync loop, and a handover would wait for it.
 async fn observe_once(
     client: &Client,
     name: &str,
-    reports: &mpsc::UnboundedSender<Result<Report>>,
+    reports: &mpsc::UnboundedSender<Result<Observed>>,
 ) -> Error {
     let (key, range_end) = prefix_range(&format!("{name}/"));
+    let mut watch = match KeyWatch::open(client, key.clone(), range_end.clone(), 0, vec![]).await {
+        Ok(watch) => watch,
+        Err(error) => return error,
+    };
+    // Every change after this revision comes on the watch.
+    let revision = watch.created_rev;
+    if reports.send(Ok(Observed::Watching)).is_err() {
+        return Error::StreamEnded { stream: "Observe" };
+    }
+    // As of a revision this member has applied (it created the watch there):
+    // a serializable read is consistent, and spares a round of consensus.
     let read = RangeRequest {
-        key: key.clone(),
-        range_end: range_end.clone(),
+        key,
+        range_end,
+        revision,
+        serializable: true,
         ..oldest_first(0)
     };
     let response = match client.kv().range(read).await {
         Ok(response) => response.into_inner(),
         Err(status) => return status.into(),
     };
-    let revision = response.header.map_or(0, |h| h.revision);
     let mut candidates = Candidates(response.kvs);
     let mut reported = candidates.report(revision);
-    if reports.send(Ok(reported.clone())).is_err() {
+    if reports
+        .send(Ok(Observed::Report(reported.clone())))
+        .is_err()
+    {
         return Error::StreamEnded { stream: "Observe" };
     }
-    let mut watch = match KeyWatch::open(client, key, range_end, revision + 1, vec![]).await {
-        Ok(watch) => watch,
-        Err(error) => return error,
-    };
     loop {
         let events = match watch.next().await {
             Ok(events) => events,
             Err(error) => return error,
         };
+        // Changes up to the read's revision are in the read already.
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision > revision))
+            .collect();
         let Some(as_of_rev) = events
             .iter()
             .filter_map(|e| e.kv.as_ref())
@@ -183,7 +214,10 @@ async fn observe_once(
             continue;
         }
         reported = report;
-        if reports.send(Ok(reported.clone())).is_err() {
+        if reports
+            .send(Ok(Observed::Report(reported.clone())))
+            .is_err()
+        {
             return Error::StreamEnded { stream: "Observe" };
         }
     }
@@ -214,13 +248,16 @@ impl Candidates {
 
 /// One Watch over the keys from `key` to `range_end`: its events, batch by batch.
 pub(crate) struct KeyWatch {
+    /// The revision etcd was at when it created the watch.
+    pub(crate) created_rev: i64,
     responses: Streaming<WatchResponse>,
     /// The request stream, held open: closing it would end the watch.
     _requests: mpsc::Sender<WatchRequest>,
 }
 
 impl KeyWatch {
-    /// Watches from revision `start_rev`, leaving out events of the `filters` types.
+    /// Watches from revision `start_rev` (0: from now on), leaving out events
+    /// of the `filters` types; returns once etcd created the watch.
     pub(crate) async fn open(
         client: &Client,
         key: Vec<u8>,
@@ -244,12 +281,22 @@ impl KeyWatch {
             .await
             .expect("the receiver is held below");
         let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-        let responses = client
+        let mut responses = client
             .watch()
             .watch(require_leader(stream))
             .await?
             .into_inner();
+        let Some(created) = responses.message().await? else {
+            return Err(Error::StreamEnded { stream: "Watch" });
+        };
+        if created.canceled || !created.created {
+            return Err(Error::WatchCanceled {
+                reason: created.cancel_reason,
+                compact_revision: created.compact_revision,
+            });
+        }
         Ok(KeyWatch {
+            created_rev: created.header.map_or(0, |h| h.revision),
             responses,
             _requests: requests,
         })
