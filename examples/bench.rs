@@ -641,8 +641,8 @@ impl Ctx<'_> {
 
 fn put(key: &[u8]) -> PutRequest {
     PutRequest {
-        key: key.to_vec(),
-        value: VALUE.to_vec(),
+        key: key.to_vec().into(),
+        value: VALUE.to_vec().into(),
         ..Default::default()
     }
 }
@@ -1171,9 +1171,9 @@ async fn raw_handover(
     let campaign = |client: &Client, lease: i64, value: &[u8]| {
         let mut election = client.election();
         let request = CampaignRequest {
-            name: name.clone(),
+            name: name.clone().into(),
             lease,
-            value: value.to_vec(),
+            value: value.to_vec().into(),
         };
         async move { election.campaign(request).await }
     };
@@ -1680,8 +1680,8 @@ async fn run_mode_in(
     let _ = client
         .kv()
         .delete_range(DeleteRangeRequest {
-            key: prefix,
-            range_end,
+            key: prefix.into(),
+            range_end: range_end.into(),
             ..Default::default()
         })
         .await;

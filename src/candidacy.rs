@@ -335,8 +335,8 @@ impl Task {
                 let alive = state.lease == leader.lease;
                 if alive {
                     state.term = Some(LeaderKey {
-                        name: self.name.clone().into_bytes(),
-                        key: leader.key.clone().into_bytes(),
+                        name: self.name.clone().into(),
+                        key: leader.key.clone().into(),
                         rev: leader.rev,
                         lease: leader.lease,
                     });
@@ -396,15 +396,15 @@ impl Task {
         let name = self.name.clone();
         let our_key = self.our_key(self.lease).into_bytes();
         let put = PutRequest {
-            key: our_key.clone(),
-            value: self.candidate.clone().into_bytes(),
+            key: our_key.clone().into(),
+            value: self.candidate.clone().into(),
             lease: self.lease,
             ..Default::default()
         };
         let reads = vec![
             oldest_in(prefix_range(&format!("{name}/")), 1),
             range_op(RangeRequest {
-                key: our_key.clone(),
+                key: our_key.clone().into(),
                 ..Default::default()
             }),
             oldest_in(go_candidates(&name), GO_PAGE),
@@ -597,8 +597,8 @@ async fn go_candidates_before(
         }
         let (key, range_end) = go_candidates(name);
         let request = RangeRequest {
-            key,
-            range_end,
+            key: key.into(),
+            range_end: range_end.into(),
             revision: as_of_rev,
             min_create_revision: last_rev + 1,
             max_create_revision: our_rev - 1,
@@ -612,8 +612,8 @@ async fn go_candidates_before(
 fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
     let (key, range_end) = range;
     range_op(RangeRequest {
-        key,
-        range_end,
+        key: key.into(),
+        range_end: range_end.into(),
         ..oldest_first(limit)
     })
 }
@@ -654,7 +654,7 @@ mod tests {
     #[test]
     fn go_candidates_are_the_prefix_then_their_own_lease_in_hex() {
         let kv = |key: &str, lease: i64| KeyValue {
-            key: key.as_bytes().to_vec(),
+            key: key.to_owned().into(),
             lease,
             ..Default::default()
         };

@@ -229,7 +229,7 @@ impl Client {
     /// ```no_run
     /// use etcdutil::proto::etcdserverpb::PutRequest;
     /// # async fn run(client: etcdutil::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// client.kv().put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await?;
+    /// client.kv().put(PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await?;
     /// # Ok(()) }
     /// ```
     pub fn kv(&self) -> KvClient<Transport> {
@@ -264,7 +264,7 @@ impl Client {
     /// ```no_run
     /// use etcdutil::proto::v3electionpb::LeaderRequest;
     /// # async fn run(client: etcdutil::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// let leader = client.election().leader(LeaderRequest { name: b"/elections/jobs".to_vec() }).await?;
+    /// let leader = client.election().leader(LeaderRequest { name: "/elections/jobs".into() }).await?;
     /// # Ok(()) }
     /// ```
     pub fn election(&self) -> ElectionClient<Transport> {

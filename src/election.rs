@@ -212,7 +212,11 @@ pub async fn leader(client: &Client, election: &str) -> Result<Option<Leader>> {
 /// The leader of the election whose key prefix is `name`.
 async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
     let name = name.into_bytes();
-    match client.election().leader(LeaderRequest { name }).await {
+    match client
+        .election()
+        .leader(LeaderRequest { name: name.into() })
+        .await
+    {
         Ok(response) => {
             let response = response.into_inner();
             let as_of_rev = response.header.map_or(0, |h| h.revision);
@@ -547,7 +551,7 @@ impl Election {
         let leader = self.leader_key().ok_or(Error::NotLeader)?;
         let request = ProclaimRequest {
             leader: Some(leader),
-            value: data.into().into_bytes(),
+            value: data.into().into(),
         };
         self.client.election().proclaim(request).await?;
         Ok(())
@@ -572,7 +576,7 @@ impl Election {
     /// ```no_run
     /// use etcdutil::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
     /// # async fn f(e: &etcdutil::Election) -> etcdutil::Result<()> {
-    /// let put = PutRequest { key: b"/jobs/owner".to_vec(), value: b"me".to_vec(), ..Default::default() };
+    /// let put = PutRequest { key: "/jobs/owner".into(), value: "me".into(), ..Default::default() };
     /// e.txn_if_leader(TxnRequest {
     ///     success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
     ///     ..Default::default()
@@ -583,7 +587,7 @@ impl Election {
     pub async fn txn_if_leader(&self, txn: TxnRequest) -> Result<TxnResponse> {
         let term = self.leader_key().ok_or(Error::NotLeader)?;
         let fenced = TxnRequest {
-            compare: vec![created_at(term.key, term.rev)],
+            compare: vec![created_at(term.key.to_vec(), term.rev)],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestTxn(txn)),
             }],
@@ -639,9 +643,9 @@ pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
     Compare {
         result: compare::CompareResult::Equal as i32,
         target: compare::CompareTarget::Create as i32,
-        key,
+        key: key.into(),
         target_union: Some(compare::TargetUnion::CreateRevision(rev)),
-        range_end: vec![],
+        range_end: Default::default(),
     }
 }
 

@@ -240,7 +240,7 @@ impl Error {
     /// use etcdutil::proto::etcdserverpb::RangeRequest;
     /// let mut tries = 0;
     /// let response = loop {
-    ///     let request = RangeRequest { key: b"/config".to_vec(), ..Default::default() };
+    ///     let request = RangeRequest { key: "/config".into(), ..Default::default() };
     ///     match client.kv().range(request).await.map_err(etcdutil::Error::from) {
     ///         Err(error) if error.is_retryable() && tries < 3 => {
     ///             tries += 1;

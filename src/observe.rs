@@ -165,8 +165,8 @@ async fn observe_once(
     // As of a revision this member has applied (it created the watch there):
     // a serializable read is consistent, and spares a round of consensus.
     let read = RangeRequest {
-        key,
-        range_end,
+        key: key.into(),
+        range_end: range_end.into(),
         revision,
         serializable: true,
         ..oldest_first(0)
@@ -267,8 +267,8 @@ impl KeyWatch {
     ) -> Result<KeyWatch> {
         let (requests, outgoing) = mpsc::channel(1);
         let create = WatchCreateRequest {
-            key,
-            range_end,
+            key: key.into(),
+            range_end: range_end.into(),
             start_revision: start_rev,
             filters: filters.into_iter().map(|f| f as i32).collect(),
             ..Default::default()
@@ -341,7 +341,7 @@ pub(crate) async fn until_deleted(
         let mut left = Vec::new();
         for key in keys {
             let read = RangeRequest {
-                key: key.clone(),
+                key: key.clone().into(),
                 count_only: true,
                 ..Default::default()
             };

@@ -3,13 +3,15 @@
 //! Nothing here is hand-written: `build.rs` compiles the unmodified protos in
 //! `proto/` (etcd v3.4.23, see `proto/README.md` for provenance and sha256).
 //! [`Client`](crate::Client) hands out these clients ready to use, already
-//! carrying the auth token and the wire log, so you can go as low as you need:
+//! carrying the auth token and the wire log, so you can go as low as you need.
+//! Bytes fields are [`bytes::Bytes`] (`"text".into()`, `vec.into()`): the
+//! wire log prints them as byte strings, and decoding shares the buffer.
 //!
 //! ```no_run
 //! use etcdutil::proto::etcdserverpb::RangeRequest;
 //! # async fn run() -> etcdutil::Result<()> {
 //! let client = etcdutil::new_client(None).await?;
-//! let resp = client.kv().range(RangeRequest { key: b"/config".to_vec(), ..Default::default() }).await;
+//! let resp = client.kv().range(RangeRequest { key: "/config".into(), ..Default::default() }).await;
 //! # Ok(()) }
 //! ```
 
@@ -26,7 +28,7 @@ mod generated {
     ///
     /// ```
     /// use etcdutil::proto::etcdserverpb::{PutRequest, kv_client::KvClient};
-    /// let put = PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    /// let put = PutRequest { key: "k".into(), value: "v".into(), ..Default::default() };
     /// ```
     pub mod etcdserverpb {
         include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
@@ -35,7 +37,7 @@ mod generated {
     ///
     /// ```
     /// use etcdutil::proto::mvccpb::KeyValue;
-    /// let kv = KeyValue { key: b"k".to_vec(), create_revision: 7, ..Default::default() };
+    /// let kv = KeyValue { key: "k".into(), create_revision: 7, ..Default::default() };
     /// ```
     pub mod mvccpb {
         include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
@@ -44,7 +46,7 @@ mod generated {
     ///
     /// ```
     /// use etcdutil::proto::authpb::{Permission, permission::Type};
-    /// let read = Permission { perm_type: Type::Read as i32, key: b"/jobs/".to_vec(), range_end: b"/jobs0".to_vec() };
+    /// let read = Permission { perm_type: Type::Read as i32, key: "/jobs/".into(), range_end: "/jobs0".into() };
     /// ```
     pub mod authpb {
         include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
@@ -53,7 +55,7 @@ mod generated {
     ///
     /// ```
     /// use etcdutil::proto::v3electionpb::LeaderRequest;
-    /// let request = LeaderRequest { name: b"/elections/jobs".to_vec() };
+    /// let request = LeaderRequest { name: "/elections/jobs".into() };
     /// ```
     pub mod v3electionpb {
         include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));

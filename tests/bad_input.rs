@@ -608,8 +608,8 @@ async fn etcd_with_auth(alice: bool) -> (Etcd, Client) {
             name: "other-rw".into(),
             perm: Some(Permission {
                 perm_type: permission::Type::Readwrite as i32,
-                key: b"/other/".to_vec(),
-                range_end: b"/other0".to_vec(),
+                key: "/other/".into(),
+                range_end: "/other0".into(),
             }),
         })
         .await
@@ -713,8 +713,8 @@ async fn right_password_connects_and_puts() {
     client
         .kv()
         .put(PutRequest {
-            key: b"/auth/put".to_vec(),
-            value: b"ok".to_vec(),
+            key: "/auth/put".into(),
+            value: "ok".into(),
             ..Default::default()
         })
         .await
@@ -727,7 +727,7 @@ async fn right_password_connects_and_puts() {
     let err = anonymous
         .kv()
         .put(PutRequest {
-            key: b"/auth/anonymous".to_vec(),
+            key: "/auth/anonymous".into(),
             ..Default::default()
         })
         .await
@@ -751,7 +751,7 @@ async fn user_without_permission_on_elections_is_refused_and_leaves_nothing() {
     alice
         .kv()
         .put(PutRequest {
-            key: b"/other/mine".to_vec(),
+            key: "/other/mine".into(),
             ..Default::default()
         })
         .await

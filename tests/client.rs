@@ -31,8 +31,8 @@ async fn assert_no_lease(client: &Client) {
 
 fn put(key: &str, value: &str) -> PutRequest {
     PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
+        key: key.to_owned().into(),
+        value: value.to_owned().into(),
         ..Default::default()
     }
 }
@@ -43,14 +43,14 @@ async fn put_and_range(client: &Client) {
     let range = client
         .kv()
         .range(RangeRequest {
-            key: b"/client/k".to_vec(),
+            key: "/client/k".into(),
             ..Default::default()
         })
         .await
         .expect("Range")
         .into_inner();
     assert_eq!(range.count, 1);
-    assert_eq!(range.kvs[0].value, b"v");
+    assert_eq!(range.kvs[0].value, "v");
     assert_eq!(
         kvs_under(client, "").await,
         [("/client/k".to_owned(), "v".to_owned())]
@@ -93,14 +93,14 @@ async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
 
     let range = kv
         .range(RangeRequest {
-            key: b"/plain/".to_vec(),
-            range_end: b"/plain0".to_vec(),
+            key: "/plain/".into(),
+            range_end: "/plain0".into(),
             ..Default::default()
         })
         .await
         .expect("Range")
         .into_inner();
-    let values: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    let values: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.value.as_ref()).collect();
     assert_eq!(values, [b"1", b"2"]);
 
     // A Txn: if /plain/a is still at its first revision, put /plain/c and read /plain/a.
@@ -108,9 +108,9 @@ async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
         compare: vec![Compare {
             result: compare::CompareResult::Equal as i32,
             target: compare::CompareTarget::Mod as i32,
-            key: b"/plain/a".to_vec(),
+            key: "/plain/a".into(),
             target_union: Some(compare::TargetUnion::ModRevision(revision)),
-            range_end: vec![],
+            range_end: Default::default(),
         }],
         success: vec![
             RequestOp {
@@ -118,7 +118,7 @@ async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
             },
             RequestOp {
                 request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: b"/plain/a".to_vec(),
+                    key: "/plain/a".into(),
                     ..Default::default()
                 })),
             },
@@ -128,14 +128,14 @@ async fn plaintext_put_range_txn_delete_range_through_the_raw_clients() {
     let txn = kv.txn(txn).await.expect("Txn").into_inner();
     assert!(txn.succeeded);
     match &txn.responses[1].response {
-        Some(response_op::Response::ResponseRange(range)) => assert_eq!(range.kvs[0].value, b"1"),
+        Some(response_op::Response::ResponseRange(range)) => assert_eq!(range.kvs[0].value, "1"),
         other => panic!("expected a Range response, got {other:?}"),
     }
 
     let deleted = kv
         .delete_range(DeleteRangeRequest {
-            key: b"/plain/a".to_vec(),
-            range_end: b"/plain/c".to_vec(),
+            key: "/plain/a".into(),
+            range_end: "/plain/c".into(),
             prev_kv: true,
         })
         .await

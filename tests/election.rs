@@ -364,8 +364,8 @@ async fn stale_leader_cannot_write_through_txn_if_leader() {
     let put = |value: &str| TxnRequest {
         success: vec![RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.clone().into_bytes(),
-                value: value.as_bytes().to_vec(),
+                key: key.clone().into(),
+                value: value.to_owned().into(),
                 ..Default::default()
             })),
         }],
@@ -398,7 +398,7 @@ async fn stale_leader_cannot_write_through_txn_if_leader() {
         target_union: Some(
             etcdutil::proto::etcdserverpb::compare::TargetUnion::CreateRevision(term.rev),
         ),
-        range_end: vec![],
+        range_end: Default::default(),
     };
     let stale = TxnRequest {
         compare: vec![fenced],
@@ -410,12 +410,12 @@ async fn stale_leader_cannot_write_through_txn_if_leader() {
     let value = client
         .kv()
         .range(RangeRequest {
-            key: key.clone().into_bytes(),
+            key: key.clone().into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(value.into_inner().kvs[0].value, b"b");
+    assert_eq!(value.into_inner().kvs[0].value, "b");
     a.close().await;
     b.close().await;
 }
@@ -610,7 +610,7 @@ async fn interop_with_etcdctl_elect() {
         .unwrap()
         .unwrap();
     let term = ours.leader_key().unwrap();
-    assert_eq!(leader_key.as_bytes(), term.key.as_slice());
+    assert_eq!(leader_key.as_bytes(), term.key.as_ref());
     let data = within(5.0, "etcdctl observes data", lines.next_line())
         .await
         .unwrap()
@@ -737,8 +737,8 @@ async fn go_candidate(
     let lease = session.lease_id();
     let key = format!("/elections/{election}{lease:x}");
     let put = PutRequest {
-        key: key.clone().into_bytes(),
-        value: candidate.as_bytes().to_vec(),
+        key: key.clone().into(),
+        value: candidate.to_owned().into(),
         lease,
         ..Default::default()
     };
@@ -746,11 +746,11 @@ async fn go_candidate(
         compare: vec![etcdutil::proto::etcdserverpb::Compare {
             result: etcdutil::proto::etcdserverpb::compare::CompareResult::Equal as i32,
             target: etcdutil::proto::etcdserverpb::compare::CompareTarget::Create as i32,
-            key: key.clone().into_bytes(),
+            key: key.clone().into(),
             target_union: Some(
                 etcdutil::proto::etcdserverpb::compare::TargetUnion::CreateRevision(0),
             ),
-            range_end: vec![],
+            range_end: Default::default(),
         }],
         success: vec![RequestOp {
             request: Some(request_op::Request::RequestPut(put)),
@@ -769,8 +769,8 @@ async fn go_leader(client: &etcdutil::Client, election: &str) -> Option<String> 
     let mut range_end = prefix.clone();
     *range_end.last_mut().unwrap() += 1;
     let range = RangeRequest {
-        key: prefix,
-        range_end,
+        key: prefix.into(),
+        range_end: range_end.into(),
         limit: 1,
         sort_order: etcdutil::proto::etcdserverpb::range_request::SortOrder::Ascend as i32,
         sort_target: etcdutil::proto::etcdserverpb::range_request::SortTarget::Create as i32,

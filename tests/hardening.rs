@@ -54,8 +54,8 @@ async fn session_and_election_ride_through_token_expiries() {
         // Let the token expire (TTL 1 s, etcd checks expiry every ~second).
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let put = PutRequest {
-            key: format!("/auth/{round}").into_bytes(),
-            value: b"v".to_vec(),
+            key: format!("/auth/{round}").into(),
+            value: "v".into(),
             ..Default::default()
         };
         client
@@ -149,8 +149,8 @@ async fn killing_the_member_in_use_fails_over() {
 
     let started = Instant::now();
     let put = PutRequest {
-        key: b"/after-kill".to_vec(),
-        value: b"v".to_vec(),
+        key: "/after-kill".into(),
+        value: "v".into(),
         ..Default::default()
     };
     // Retry until it works, remembering why each attempt failed. Each attempt

@@ -853,8 +853,8 @@ async fn keys_under(client: &Client, prefix: &str) -> Result<Vec<String>, String
     let mut range_end = prefix.as_bytes().to_vec();
     *range_end.last_mut().expect("non-empty prefix") += 1;
     let request = RangeRequest {
-        key: prefix.as_bytes().to_vec(),
-        range_end,
+        key: prefix.to_owned().into(),
+        range_end: range_end.into(),
         ..Default::default()
     };
     let response = timeout(Duration::from_secs(3), client.kv().range(request))

@@ -95,8 +95,8 @@ pub async fn kvs_under(client: &Client, prefix: &str) -> Vec<(String, String)> {
         }
     };
     let range = RangeRequest {
-        key,
-        range_end,
+        key: key.into(),
+        range_end: range_end.into(),
         ..Default::default()
     };
     let response = client.kv().range(range).await.expect("Range").into_inner();
