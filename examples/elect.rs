@@ -118,7 +118,10 @@ async fn main() {
             },
         }
     }
-    election.close().await;
+    // Closes the election (and anything else made from the client): resign,
+    // revoke, both closing events, within TTL + 1 s.
+    client.close().await;
+    drop(election);
     // The stdin thread may still be blocked in read(2): exit without it.
     let _ = std::io::stdout().flush();
     std::process::exit(0);

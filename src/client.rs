@@ -1,6 +1,12 @@
 //! The connection to etcd and the raw gRPC clients it hands out.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
 
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
@@ -56,6 +62,37 @@ struct Inner {
     keepalive: KeepAlive,
     /// Lease grants in flight at once (see `session::grant`).
     grants: tokio::sync::Semaphore,
+    /// Set by [`Client::close`]: no new session or election.
+    closing: AtomicBool,
+    /// Every session and election made from this client and not yet ended.
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    handles: HashMap<u64, Arc<dyn Closable>>,
+}
+
+/// A session or election that [`Client::close`] closes.
+pub(crate) trait Closable: Send + Sync {
+    /// Closes as its own `close()` does, finishing by `deadline`.
+    fn close_by(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Its lease TTL, which bounds its close.
+    fn ttl(&self) -> i64;
+}
+
+/// The registration of a [`Closable`]; its owner ends it when it has closed.
+pub(crate) struct Registration {
+    client: Client,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut open = self.client.inner.open.lock().expect("open lock");
+        open.handles.remove(&self.id);
+    }
 }
 
 /// A checked config and what the transport is built from.
@@ -93,6 +130,12 @@ impl Setup {
             credentials,
         })
     }
+}
+
+/// How long closing a session or election may take: its TTL, and 1 s for
+/// what etcd is asked to do, less room for the caller to be told.
+pub(crate) fn close_budget(ttl: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(ttl.max(1) as u64) + std::time::Duration::from_millis(800)
 }
 
 /// How many LeaseGrants one client has in flight at once.
@@ -179,8 +222,70 @@ impl Client {
                 transport,
                 keepalive,
                 grants: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
+                closing: AtomicBool::new(false),
+                open: Mutex::default(),
             }),
         }
+    }
+
+    /// Registers a session or election for [`close`](Self::close); fails
+    /// once the client is closing.
+    pub(crate) fn register(&self, handle: Arc<dyn Closable>) -> Result<Registration> {
+        let mut open = self.inner.open.lock().expect("open lock");
+        // Checked under the lock, so close() sees every handle registered before it.
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let id = open.next;
+        open.next += 1;
+        open.handles.insert(id, handle);
+        Ok(Registration {
+            client: self.clone(),
+            id,
+        })
+    }
+
+    /// Closes every [`Session`](crate::Session) and
+    /// [`Election`](crate::Election) made from this client, concurrently,
+    /// each as its own `close()` would (resign, revoke), and returns once all
+    /// are done: within the largest TTL + 1 s. Afterwards new sessions,
+    /// elections and calls fail with [`Error::Closed`]. Calling it again
+    /// waits for what is still closing.
+    ///
+    /// Call it before `main` returns: dropping a handle only closes it in a
+    /// background task, which a runtime shutting down never runs, and the
+    /// leader's key would then hold the office for a whole TTL.
+    ///
+    /// ```no_run
+    /// # async fn run() -> etcdutil::Result<()> {
+    /// let client = etcdutil::new_client(None).await?;
+    /// let election = etcdutil::new_election_async(&client, etcdutil::ElectionConfig::default())?;
+    /// tokio::signal::ctrl_c().await.ok();
+    /// client.close().await; // resigns, revokes, and emits is_done
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) {
+        let handles: Vec<Arc<dyn Closable>> = {
+            let open = self.inner.open.lock().expect("open lock");
+            self.inner.closing.store(true, Ordering::SeqCst);
+            open.handles.values().cloned().collect()
+        };
+        let mut closing = tokio::task::JoinSet::new();
+        for handle in handles {
+            let deadline = Instant::now() + close_budget(handle.ttl());
+            closing.spawn(async move { handle.close_by(deadline).await });
+        }
+        while closing.join_next().await.is_some() {}
+        self.inner.transport.close();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    ///
+    /// ```no_run
+    /// # fn f(client: &etcdutil::Client) { if client.is_closed() { return; } }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
     }
 
     /// A turn to grant a lease.

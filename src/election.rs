@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::candidacy::{Inputs, RETRY, Task};
-use crate::client::Client;
+use crate::client::{Client, Closable};
 use crate::error::{Error, Result};
 use crate::observe::{Leader, Observed, Report, run_observe};
 use crate::proto::etcdserverpb::{
@@ -341,10 +341,35 @@ pub(crate) enum Command {
 pub struct Election {
     client: Client,
     name: String,
-    ttl: Duration,
     shared: Arc<Shared>,
+    closer: Arc<Closer>,
+}
+
+/// How to close an election's task: the handle's and [`Client::close`]'s.
+struct Closer {
     commands: mpsc::UnboundedSender<Command>,
     done: watch::Receiver<bool>,
+    ttl: i64,
+}
+
+impl Closer {
+    /// Asks the task to close by `deadline`; returns once it has (the task
+    /// keeps to the deadline).
+    async fn close_by(&self, deadline: Instant) {
+        let _ = self.commands.send(Command::Close(deadline));
+        // An Err means the task is gone already.
+        let _ = self.done.clone().wait_for(|done| *done).await;
+    }
+}
+
+impl Closable for Closer {
+    fn close_by(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Closer::close_by(self, deadline))
+    }
+
+    fn ttl(&self) -> i64 {
+        self.ttl
+    }
 }
 
 impl std::fmt::Debug for Election {
@@ -422,7 +447,7 @@ impl Election {
         });
         let (lease_tx, leases) = mpsc::unbounded_channel();
         let session_shared = shared.clone();
-        let session = Session::new(
+        let session = Session::start(
             client,
             SessionConfig {
                 ttl,
@@ -444,6 +469,12 @@ impl Election {
         tokio::spawn(run_observe(client.clone(), name.clone(), report_tx, RETRY));
         let (done_tx, done) = watch::channel(false);
         let ttl_duration = Duration::from_secs(ttl as u64);
+        let closer = Arc::new(Closer {
+            commands,
+            done,
+            ttl,
+        });
+        let registration = client.register(closer.clone())?;
         let task = Task::new(
             client,
             name.clone(),
@@ -460,14 +491,13 @@ impl Election {
         tokio::spawn(async move {
             task.run(inputs).await;
             let _ = done_tx.send(true);
+            drop(registration);
         });
         Ok(Election {
             client: client.clone(),
             name,
-            ttl: Duration::from_secs(ttl as u64),
             shared,
-            commands,
-            done,
+            closer,
         })
     }
 
@@ -533,7 +563,7 @@ impl Election {
     /// ```
     pub async fn concede(&self) -> Result<bool> {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Concede(reply)).is_err() {
+        if self.closer.commands.send(Command::Concede(reply)).is_err() {
             return Ok(false);
         }
         answer.await.unwrap_or(Ok(false))
@@ -622,19 +652,16 @@ impl Election {
     /// # async fn f(e: etcdutil::Election) { e.close().await; }
     /// ```
     pub async fn close(&self) {
-        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
-        let _ = self.commands.send(Command::Close(deadline));
-        let mut done = self.done.clone();
-        // The task keeps to the deadline; an Err means it is gone already.
-        let _ = done.wait_for(|done| *done).await;
+        let deadline = Instant::now() + close_budget(self.closer.ttl);
+        self.closer.close_by(deadline).await;
     }
 }
 
 impl Drop for Election {
     /// Closes in the background: resigns, withdraws and revokes.
     fn drop(&mut self) {
-        let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
-        let _ = self.commands.send(Command::Close(deadline));
+        let deadline = Instant::now() + close_budget(self.closer.ttl);
+        let _ = self.closer.commands.send(Command::Close(deadline));
     }
 }
 

@@ -140,6 +140,10 @@ pub enum Error {
     /// Only the election's leader may do this, and we do not lead.
     #[error("not the election's leader")]
     NotLeader,
+    /// The [`Client`](crate::Client) was closed: it makes no new sessions,
+    /// elections or calls.
+    #[error("the etcd client was closed")]
+    Closed,
     /// etcd's answer was well-formed but not what the protocol promises.
     #[error("unexpected answer from etcd: {what}")]
     UnexpectedResponse {
@@ -285,12 +289,24 @@ const BY_MESSAGE: &[(&str, Variant)] = &[
 impl From<Status> for Error {
     /// Maps etcd's error messages (which gRPC codes alone do not tell apart) to variants.
     fn from(status: Status) -> Self {
+        if status
+            .source()
+            .is_some_and(|source| source.is::<ClientClosed>())
+        {
+            return Error::Closed;
+        }
         match by_message(status.message()) {
             Some(variant) => variant(status),
             None => Error::Rpc(status),
         }
     }
 }
+
+/// What the transport of a closed client fails calls with; tonic wraps it
+/// in a status, and [`Error::from`] turns that into [`Error::Closed`].
+#[derive(Debug, thiserror::Error)]
+#[error("the etcd client was closed")]
+pub(crate) struct ClientClosed;
 
 /// The variant for one of etcd's error messages, if it is in the table.
 fn by_message(message: &str) -> Option<Variant> {

@@ -18,6 +18,8 @@
 //! differences between this machine and etcd's leader (ppm, far below it).
 //! Keepalives go every `TTL / 3`, so two may be lost before the deadline comes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +28,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::Client;
+pub(crate) use crate::client::close_budget;
+use crate::client::{Client, Closable, Registration};
 use crate::error::{Error, Result};
 use crate::keepalive::LeaseNews;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
@@ -107,12 +110,6 @@ impl std::fmt::Debug for SessionConfig {
     }
 }
 
-/// How long closing may take: the TTL, and 1 s for what etcd is asked to
-/// do, less room for the caller to be told.
-pub(crate) fn close_budget(ttl: i64) -> Duration {
-    Duration::from_secs(ttl.max(1) as u64) + Duration::from_millis(800)
-}
-
 /// The safety margin of the deadline rule in the module docs.
 pub(crate) fn safety_margin(ttl: Duration) -> Duration {
     (ttl / 6).clamp(Duration::from_millis(100), Duration::from_secs(2))
@@ -168,6 +165,8 @@ pub struct Session {
 /// 10,000 of them fit in a small service.
 #[derive(Default)]
 struct Control {
+    /// The TTL asked for, which bounds a close.
+    ttl: i64,
     /// Bumped by every `reset()`.
     resets: AtomicU64,
     closed: AtomicBool,
@@ -178,6 +177,8 @@ struct Control {
     /// Set by the worker as it ends.
     done: AtomicBool,
     finished: Notify,
+    /// In the client's list of what to close, until the worker ends.
+    registration: std::sync::Mutex<Option<Registration>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -203,8 +204,27 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub fn new(client: &Client, config: SessionConfig) -> Result<Session> {
+        let session = Session::start(client, config)?;
+        let registration = client.register(session.control.clone())?;
+        *session
+            .control
+            .registration
+            .lock()
+            .expect("registration lock") = Some(registration);
+        Ok(session)
+    }
+
+    /// A session that [`Client::close`] does not close by itself: its owner
+    /// (an election) closes it.
+    pub(crate) fn start(client: &Client, config: SessionConfig) -> Result<Session> {
         let ttl = checked_ttl("SessionConfig.ttl", config.ttl, DEFAULT_SESSION_TTL)?;
-        let control = Arc::new(Control::default());
+        if client.is_closed() {
+            return Err(Error::Closed);
+        }
+        let control = Arc::new(Control {
+            ttl,
+            ..Control::default()
+        });
         let (lease_tx, lease) = watch::channel(NO_LEASE);
         let worker = Worker {
             client: client.clone(),
@@ -283,13 +303,19 @@ impl Session {
 
     /// Closes as [`close`](Self::close) does, finishing by `deadline`.
     pub(crate) async fn close_by(&self, deadline: Instant) {
+        self.control.close_by(deadline).await
+    }
+}
+
+impl Control {
+    async fn close_by(&self, deadline: Instant) {
         self.signal_close(deadline);
         loop {
-            let finished = self.control.finished.notified();
+            let finished = self.finished.notified();
             tokio::pin!(finished);
             // Registered before the check, so the worker's wake-up is not missed.
             finished.as_mut().enable();
-            if self.control.done.load(Ordering::SeqCst) {
+            if self.done.load(Ordering::SeqCst) {
                 return;
             }
             finished.await;
@@ -297,20 +323,30 @@ impl Session {
     }
 
     fn signal_close(&self, deadline: Instant) {
-        self.control
-            .close_by
+        self.close_by
             .lock()
             .expect("close lock")
             .get_or_insert(deadline);
-        self.control.closed.store(true, Ordering::SeqCst);
-        self.control.wake.notify_one();
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+impl Closable for Control {
+    fn close_by(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Control::close_by(self, deadline))
+    }
+
+    fn ttl(&self) -> i64 {
+        self.ttl
     }
 }
 
 impl Drop for Session {
     /// Closes in the background: the task revokes the lease and ends.
     fn drop(&mut self) {
-        self.signal_close(Instant::now() + close_budget(self.ttl));
+        self.control
+            .signal_close(Instant::now() + close_budget(self.ttl));
     }
 }
 
@@ -371,6 +407,11 @@ impl Worker {
         self.report(NO_LEASE, None);
         self.control.done.store(true, Ordering::SeqCst);
         self.control.finished.notify_waiters();
+        self.control
+            .registration
+            .lock()
+            .expect("registration lock")
+            .take();
     }
 
     async fn work(&mut self) {

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
-use crate::error::{Error, Result, SharedError};
+use crate::error::{ClientClosed, Error, Result, SharedError};
 use crate::proto::etcdserverpb::{
     AuthenticateRequest, StatusRequest, auth_client::AuthClient,
     maintenance_client::MaintenanceClient,
@@ -80,6 +80,8 @@ struct Shared {
     current: AtomicUsize,
     /// How long a connection, or an authentication, may take.
     dial_timeout: Duration,
+    /// Set once the client is closed: calls fail at once.
+    closed: AtomicBool,
     credentials: Option<Credentials>,
 }
 
@@ -171,12 +173,18 @@ impl Transport {
             channels,
             current: AtomicUsize::new(current),
             dial_timeout,
+            closed: AtomicBool::new(false),
             credentials,
         };
         Transport {
             shared: Arc::new(shared),
             ready: None,
         }
+    }
+
+    /// Fails every later call with [`ClientClosed`](crate::error::ClientClosed).
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
     }
 
     /// The endpoint calls go to now.
@@ -403,6 +411,9 @@ impl Service<http::Request<Body>> for Transport {
         let (index, channel) = self.ready.take().expect("poll_ready must be called first");
         let transport = self.clone();
         Box::pin(async move {
+            if transport.shared.closed.load(Ordering::SeqCst) {
+                return Err(Box::new(ClientClosed) as BoxError);
+            }
             let method = request.uri().path().to_owned();
             let logging = wire::enabled();
             if logging {

@@ -339,3 +339,84 @@ async fn tls_client_to_a_plaintext_etcd_fails_at_connect() {
     let messages = chain(&err);
     assert!(messages.len() > 1, "no cause given: {messages:?}");
 }
+
+/// `Client::close` closes everything made from the client, concurrently:
+/// with 100 elections and 1,000 sessions open, etcd holds none of their keys
+/// or leases once it returns; then new sessions, elections and calls fail
+/// with `Error::Closed`, and a second close returns at once.
+#[tokio::test]
+async fn client_close_closes_every_session_and_election_made_from_it() {
+    use etcdutil::{ElectionConfig, NO_LEASE, Session, SessionConfig, new_election_async};
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let watcher = common::client(&etcd).await;
+    let ttl = 5;
+    let elections: Vec<_> = (0..100)
+        .map(|i| {
+            new_election_async(
+                &client,
+                ElectionConfig {
+                    election: format!("close-all/{}", i % 10),
+                    candidate: format!("c{i}"),
+                    ttl,
+                    event_observer: None,
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    let sessions: Vec<_> = (0..1000)
+        .map(|_| {
+            Session::new(
+                &client,
+                SessionConfig {
+                    ttl,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    eventually(20.0, "every session and candidate in etcd", || async {
+        lease_ids(&watcher).await.len() == 1100
+            && keys_under(&watcher, "/elections/close-all/").await.len() == 100
+    })
+    .await;
+    let mut done = elections[0].subscribe();
+
+    let started = Instant::now();
+    within(20.0, "Client::close", client.close()).await;
+    let took = started.elapsed();
+    println!("Client::close of 100 elections and 1,000 sessions: {took:?}");
+    assert!(
+        took <= Duration::from_secs(ttl as u64 + 1),
+        "close took {took:?}"
+    );
+    assert_eq!(
+        keys_under(&watcher, "/elections/").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(lease_ids(&watcher).await, Vec::<i64>::new());
+    assert!(sessions.iter().all(|s| s.lease_id() == NO_LEASE));
+    assert!(elections.iter().all(|e| !e.is_leader()));
+    let mut last = None;
+    while let Ok(event) = done.try_recv() {
+        last = Some(event);
+    }
+    assert!(
+        last.is_some_and(|e| e.is_done),
+        "is_done went out before close returned"
+    );
+
+    let refused = Session::new(&client, SessionConfig::default()).unwrap_err();
+    assert!(matches!(refused, Error::Closed), "{refused:?}");
+    let refused = new_election_async(&client, ElectionConfig::default()).unwrap_err();
+    assert!(matches!(refused, Error::Closed), "{refused:?}");
+    let status = client.kv().put(put("/closed", "x")).await.unwrap_err();
+    assert!(matches!(Error::from(status), Error::Closed));
+    assert_eq!(refused.to_string(), "the etcd client was closed");
+
+    let again = Instant::now();
+    client.close().await;
+    assert!(again.elapsed() < Duration::from_millis(100), "idempotent");
+}
