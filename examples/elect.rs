@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo run --example elect -- ELECTION CANDIDATE [--ttl SECS]
+//! cargo run --example elect --features metrics -- ELECTION CANDIDATE --metrics 127.0.0.1:9900
 //! ```
+//!
+//! With `--metrics ADDR` (feature `metrics`), the crate's metrics are served
+//! as Prometheus text on `http://ADDR/metrics`.
 //!
 //! etcd comes from the `ETCD3_*` environment variables (default
 //! 127.0.0.1:2379); etcd need not be up yet: the candidate joins once it is,
@@ -21,8 +25,22 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 fn usage() -> ! {
-    eprintln!("usage: elect ELECTION CANDIDATE [--ttl SECS]");
+    eprintln!("usage: elect ELECTION CANDIDATE [--ttl SECS] [--metrics ADDR]");
     std::process::exit(2);
+}
+
+/// Serves the metrics as Prometheus text on `http://addr/metrics`.
+#[cfg(feature = "metrics")]
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "metrics"))]
+fn serve_metrics(_: std::net::SocketAddr) -> Result<(), String> {
+    Err("built without the `metrics` feature (cargo run --features metrics ...)".into())
 }
 
 /// The error with its causes, `outer: inner: ...`.
@@ -58,8 +76,16 @@ async fn main() {
     };
     let mut ttl = 5;
     while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--ttl", Some(secs)) => ttl = secs,
+        let value = args.next().unwrap_or_else(|| usage());
+        match arg.as_str() {
+            "--ttl" => ttl = value.parse().unwrap_or_else(|_| usage()),
+            "--metrics" => {
+                let addr = value.parse().unwrap_or_else(|_| usage());
+                if let Err(error) = serve_metrics(addr) {
+                    eprintln!("elect: --metrics {value}: {error}");
+                    std::process::exit(2);
+                }
+            }
             _ => usage(),
         }
     }

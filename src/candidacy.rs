@@ -45,6 +45,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
 use crate::session::{NO_LEASE, Session, close_budget};
+use crate::telemetry;
 use crate::transport::Attempt;
 
 /// Retry a failed candidacy Txn or watch after this long.
@@ -126,6 +127,8 @@ pub(crate) struct Task {
     blockers_gone: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The last (is_leader, key, data) emitted, to report only changes.
     last: Option<(bool, String, String)>,
+    /// When our key last entered the race, until we lead (for metrics).
+    entered_at: Option<Instant>,
 }
 
 impl Task {
@@ -154,6 +157,7 @@ impl Task {
             blockers: Vec::new(),
             blockers_gone: None,
             last: None,
+            entered_at: None,
         }
     }
 
@@ -223,6 +227,7 @@ impl Task {
                 self.phase = Phase::InRace {
                     our_rev: entered.our_rev,
                 };
+                self.entered_at = Some(Instant::now());
                 if !entered.go_older.is_empty() {
                     let keys = entered
                         .go_older
@@ -334,13 +339,17 @@ impl Task {
                 // The session may have lost the lease since this report was sent.
                 let alive = state.lease == leader.lease;
                 if alive {
-                    state.term = Some(LeaderKey {
+                    let term = LeaderKey {
                         name: self.name.clone().into(),
                         key: leader.key.clone().into(),
                         rev: leader.rev,
                         lease: leader.lease,
-                    });
-                    self.shared.is_leader.store(true, Ordering::SeqCst);
+                    };
+                    if self.shared.lead(&mut state, term)
+                        && let Some(entered) = self.entered_at.take()
+                    {
+                        telemetry::time_to_lead(&self.name, entered.elapsed());
+                    }
                     self.phase = Phase::Leading { our_rev };
                 } else {
                     self.shared.step_down(&mut state);
@@ -352,6 +361,13 @@ impl Task {
                 false
             }
         };
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(_, key, _)| *key != leader.key)
+        {
+            telemetry::leader_changed(&self.name);
+        }
         self.emit(ElectionEvent {
             is_leader,
             leader_key: leader.key,

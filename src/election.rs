@@ -52,6 +52,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest};
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};
+use crate::telemetry;
 
 /// Where elections live in etcd's key space.
 ///
@@ -277,6 +278,8 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
 
 /// What the handle and the session's observer share with the election task.
 pub(crate) struct Shared {
+    /// The election's key prefix, for events and metrics.
+    name: String,
     /// Read without a lock by `is_leader`.
     pub(crate) is_leader: AtomicBool,
     /// Our term while we lead; written together with `is_leader`.
@@ -294,10 +297,29 @@ pub(crate) struct State {
 }
 
 impl Shared {
+    /// Leads with `term`; true if we did not lead before.
+    pub(crate) fn lead(&self, state: &mut State, term: LeaderKey) -> bool {
+        let gained = !self.is_leader.swap(true, Ordering::SeqCst);
+        if gained {
+            let key = String::from_utf8_lossy(&term.key);
+            tracing::info!(target: telemetry::TARGET, election = %self.name, %key, rev = term.rev, "leadership gained");
+            telemetry::is_leader(&self.name, true);
+        }
+        state.term = Some(term);
+        gained
+    }
+
     /// Steps down at once, before anything is sent to etcd.
     pub(crate) fn step_down(&self, state: &mut State) {
-        self.is_leader.store(false, Ordering::SeqCst);
-        state.term = None;
+        let term = state.term.take();
+        if self.is_leader.swap(false, Ordering::SeqCst) {
+            let key = term
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(&t.key).into_owned());
+            let rev = term.as_ref().map(|t| t.rev);
+            tracing::info!(target: telemetry::TARGET, election = %self.name, key = key.as_deref(), rev, "leadership lost");
+            telemetry::is_leader(&self.name, false);
+        }
     }
 
     pub(crate) fn emit(&self, event: ElectionEvent) {
@@ -437,6 +459,7 @@ impl Election {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
         let shared = Arc::new(Shared {
+            name: name.clone(),
             is_leader: AtomicBool::new(false),
             state: Mutex::new(State {
                 lease: NO_LEASE,

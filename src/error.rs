@@ -204,6 +204,59 @@ impl Error {
         }
     }
 
+    /// A short name of what went wrong, for metrics labels: etcd's error
+    /// (`lease_not_found`, `invalid_auth_token`, ...), or the gRPC code of
+    /// any other status (`unavailable`, ...).
+    ///
+    /// ```
+    /// let err = etcdutil::Error::from(tonic::Status::unknown("election: not leader"));
+    /// assert_eq!(err.kind(), "election_not_leader");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Connect { .. } => "connect",
+            Error::Auth { .. } => "auth_failed",
+            Error::LeaseNotFound(_) => "lease_not_found",
+            Error::NoLeader(_) => "no_leader",
+            Error::MemberUnavailable(_) => "member_unavailable",
+            Error::InvalidAuthToken(_) => "invalid_auth_token",
+            Error::AuthOldRevision(_) => "auth_old_revision",
+            Error::Compacted(_) => "compacted",
+            Error::ElectionNoLeader(_) => "election_no_leader",
+            Error::ElectionNotLeader(_) => "election_not_leader",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::LeaseExpired { .. } => "lease_expired",
+            Error::LeaseDeadline { .. } => "lease_deadline",
+            Error::StreamEnded { .. } => "stream_ended",
+            Error::WatchCanceled { .. } => "watch_canceled",
+            Error::Timeout { .. } => "timeout",
+            Error::NotLeader => "not_leader",
+            Error::Closed => "closed",
+            Error::UnexpectedResponse { .. } => "unexpected_response",
+            Error::Rpc(status) if status.source().is_some() => "transport",
+            Error::Rpc(status) => match status.code() {
+                Code::Ok => "ok",
+                Code::Cancelled => "cancelled",
+                Code::Unknown => "unknown",
+                Code::InvalidArgument => "invalid_argument",
+                Code::DeadlineExceeded => "deadline_exceeded",
+                Code::NotFound => "not_found",
+                Code::AlreadyExists => "already_exists",
+                Code::PermissionDenied => "permission_denied",
+                Code::ResourceExhausted => "resource_exhausted",
+                Code::FailedPrecondition => "failed_precondition",
+                Code::Aborted => "aborted",
+                Code::OutOfRange => "out_of_range",
+                Code::Unimplemented => "unimplemented",
+                Code::Internal => "internal",
+                Code::Unavailable => "unavailable",
+                Code::DataLoss => "data_loss",
+                Code::Unauthenticated => "unauthenticated",
+            },
+        }
+    }
+
     /// A long-lived stream ended without an error.
     pub(crate) fn is_stream_end(&self) -> bool {
         matches!(self, Error::StreamEnded { .. })

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
 };
+use crate::telemetry;
 use crate::transport::{Attempt, Transport, require_leader};
 
 /// What the keeper tells a lease's owner. Only the latest news matters (a
@@ -275,6 +276,7 @@ impl Keeper {
                     lease.news.lost(Error::LeaseExpired { lease: id });
                     self.forget(id);
                 } else {
+                    telemetry::keepalive_rtt(sent_at.elapsed());
                     lease.news.renewed(sent_at, response.ttl);
                 }
             }

@@ -42,6 +42,8 @@
 //!   transition table in its docs.
 //! - `error`: [`Error`], one type for all of it, and [`ConfigError`], the settings' part.
 //! - `wire`: the wire log (`ETCD3_DEBUG`, tracing target [`WIRE_TARGET`]).
+//! - `telemetry`: metrics (feature `metrics`) and state-change events for
+//!   operators (tracing target `etcdutil`); the list is in the README.
 //! - [`testing`] (feature `test-util`): a real etcd for tests, clusters and a fault proxy.
 //!
 //! # Auditing the wire
@@ -63,6 +65,7 @@ mod observe;
 mod parse;
 pub mod proto;
 mod session;
+mod telemetry;
 mod tls;
 mod transport;
 mod wire;

@@ -33,6 +33,7 @@ use crate::client::{Client, Closable, Registration};
 use crate::error::{Error, Result};
 use crate::keepalive::LeaseNews;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use crate::telemetry;
 
 /// The lease id reported when the session holds no lease.
 ///
@@ -352,7 +353,8 @@ impl Drop for Session {
 
 /// How a held lease ended.
 enum End {
-    Lost(Error),
+    /// Lost, with the earliest moment etcd may expire the lease.
+    Lost(Error, Instant),
     Reset,
     Close,
 }
@@ -462,7 +464,23 @@ impl Worker {
             let end = self.hold(id, deadline(sent_at, ttl), &news).await;
             self.client.keepalive().remove(id);
             match end {
-                End::Lost(error) => {
+                End::Lost(error, etcd_expires_at) => {
+                    let reason = match &error {
+                        Error::LeaseDeadline { .. } => "keepalive_deadline",
+                        Error::LeaseExpired { .. } => "expired",
+                        Error::LeaseNotFound(_) => "revoked",
+                        _ => "stream_error",
+                    };
+                    let before_expiry = etcd_expires_at.saturating_duration_since(Instant::now());
+                    tracing::warn!(
+                        target: telemetry::TARGET,
+                        lease = %format_args!("{id:x}"),
+                        reason,
+                        before_expiry_ms = before_expiry.as_millis() as u64,
+                        error = %error,
+                        "lease lost",
+                    );
+                    telemetry::lease_lost(reason);
                     let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
                     self.client.transport_ref().recover(&hint, &attempt).await;
@@ -512,14 +530,15 @@ impl Worker {
                     Command::Close => End::Close,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    return End::Lost(Error::LeaseDeadline { lease: id, ttl: self.ttl });
+                    let lost = Error::LeaseDeadline { lease: id, ttl: self.ttl };
+                    return End::Lost(lost, deadline + safety_margin(self.ttl()));
                 }
                 _ = news.changed() => match news.take() {
                     Ok(Some((sent_at, ttl))) => {
                         deadline = deadline.max(self::deadline(sent_at, ttl));
                     }
                     Ok(None) => {}
-                    Err(error) => return End::Lost(error),
+                    Err(error) => return End::Lost(error, deadline + safety_margin(self.ttl())),
                 },
             }
         }

@@ -35,7 +35,7 @@ use crate::proto::etcdserverpb::{
     AuthenticateRequest, StatusRequest, auth_client::AuthClient,
     maintenance_client::MaintenanceClient,
 };
-use crate::wire;
+use crate::{telemetry, wire};
 
 /// A request for a long-lived stream, with etcd's require-leader metadata:
 /// a member cut off from its cluster's leader then fails the stream instead
@@ -202,10 +202,17 @@ impl Transport {
     /// next one. Streams call this when their member fails them.
     pub(crate) fn failover_from(&self, index: usize) {
         let next = (index + 1) % self.shared.channels.len();
-        let _ =
-            self.shared
-                .current
-                .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst);
+        let moved = self
+            .shared
+            .current
+            .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved && next != index {
+            let from = endpoint_list(&self.shared.uris[index..=index]);
+            let to = endpoint_list(&self.shared.uris[next..=next]);
+            tracing::warn!(target: telemetry::TARGET, %from, %to, "failover to another etcd member");
+            telemetry::failover(&from);
+        }
     }
 
     /// What a call or stream is about to be sent with, to hand back to
@@ -290,6 +297,8 @@ impl Transport {
             }
         })?;
         *credentials.token.write().expect("token lock") = Some(token);
+        tracing::debug!(target: telemetry::TARGET, user = %credentials.user, "auth token renewed");
+        telemetry::token_renewed();
         Ok(true)
     }
 }
@@ -380,14 +389,26 @@ fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Whether a trailers-only answer (an error without a message) says the
-/// token must be renewed, by etcd's message, whatever the gRPC code.
-fn token_rejected(response: &http::Response<Body>) -> bool {
+/// The error of a trailers-only answer (how etcd answers a unary call with
+/// an error; a stream's closing status comes later, in its body).
+fn answered_error(response: &http::Response<Body>) -> Option<Error> {
     let headers = response.headers();
     match headers.get("grpc-status") {
-        Some(code) if code != "0" => tonic::Status::from_header_map(headers)
-            .is_some_and(|status| Error::from(status).is_token_rejected()),
-        _ => false,
+        Some(code) if code != "0" => tonic::Status::from_header_map(headers).map(Error::from),
+        _ => None,
+    }
+}
+
+/// Counts a failed call by its error's kind: a transport failure, or the
+/// error etcd answered with.
+fn count_error(response: &Result<http::Response<Body>, BoxError>) {
+    match response {
+        Err(_) => telemetry::rpc_error("transport"),
+        Ok(response) => {
+            if let Some(error) = answered_error(response) {
+                telemetry::rpc_error(error.kind());
+            }
+        }
     }
 }
 
@@ -421,6 +442,7 @@ impl Service<http::Request<Body>> for Transport {
             }
             let started = Instant::now();
             let response = transport.send(index, channel, request, &method).await;
+            count_error(&response);
             if logging {
                 let outcome = match &response {
                     Ok(r) => match r.headers().get("grpc-status") {
@@ -508,7 +530,12 @@ impl Transport {
                         return Err(error.into());
                     }
                 }
-                Ok(response) if !renewed && token_rejected(&response) => {
+                Ok(response)
+                    if !renewed
+                        && answered_error(&response).is_some_and(|e| e.is_token_rejected()) =>
+                {
+                    // Counted here: the caller only sees the retry's answer.
+                    count_error(&Ok(response));
                     renewed = true;
                     self.renew_token(token.as_ref()).await?;
                 }
