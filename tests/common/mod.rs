@@ -13,9 +13,53 @@ use etcdutil::proto::etcdserverpb::{
     LeaseTimeToLiveRequest, RangeRequest,
 };
 use etcdutil::testing::{Etcd, Proxy};
-use etcdutil::{Client, Config, Error, NO_LEASE, SessionObserver};
+use etcdutil::{
+    Client, Config, ConfigError, Election, ElectionConfig, ElectionEvent, Error, EventObserver,
+    NO_LEASE, SessionObserver, new_config_with_env, new_election,
+};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+
+/// Fills `cfg`'s blanks from `vars` alone, as `new_client` would from the
+/// environment (the tests never touch the process's own).
+pub fn fill(cfg: Option<Config>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    new_config_with_env(cfg, |name| {
+        vars.iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, value)| value.to_string())
+    })
+}
+
+/// A config from `vars` alone.
+pub fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fill(None, vars)
+}
+
+/// A directory of files for one test, removed on drop.
+pub struct TempDir(pub tempfile::TempDir);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        TempDir(
+            tempfile::Builder::new()
+                .prefix("etcdutil-test-")
+                .tempdir()
+                .expect("temp dir"),
+        )
+    }
+
+    /// Writes `contents` to the file `name` in it; returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.missing(name);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
+    }
+
+    /// The path of a file `name` in it, not written.
+    pub fn missing(&self, name: &str) -> std::path::PathBuf {
+        self.0.path().join(name)
+    }
+}
 
 /// A real etcd for one test.
 pub async fn etcd() -> Etcd {
@@ -233,6 +277,74 @@ impl Recorder {
             all.push(event);
         }
         all
+    }
+}
+
+// ---------------------------------------------------------------- elections
+
+/// An election event observer, and the receiver of what it sees.
+pub fn recorder() -> (EventObserver, mpsc::UnboundedReceiver<ElectionEvent>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    (Arc::new(move |event| drop(sender.send(event))), receiver)
+}
+
+/// An election config with an observer.
+pub fn config(
+    election: &str,
+    candidate: &str,
+    ttl: i64,
+    observer: EventObserver,
+) -> ElectionConfig {
+    ElectionConfig {
+        event_observer: Some(observer),
+        election: election.into(),
+        candidate: candidate.into(),
+        ttl,
+    }
+}
+
+/// Candidate `id` in `election`, once `new_election` returned, and its events.
+pub async fn candidate(
+    client: &Client,
+    election: &str,
+    id: &str,
+    ttl: i64,
+) -> (Election, mpsc::UnboundedReceiver<ElectionEvent>) {
+    let (observer, events) = recorder();
+    let election = new_election(client, config(election, id, ttl, observer))
+        .await
+        .unwrap_or_else(|e| panic!("candidate {id}: {e}"));
+    (election, events)
+}
+
+pub async fn next(events: &mut mpsc::UnboundedReceiver<ElectionEvent>, secs: f64) -> ElectionEvent {
+    within(secs, "an election event", events.recv())
+        .await
+        .expect("events open")
+}
+
+/// Skips events until one matches; returns it. On timeout, fails with the
+/// events it skipped.
+pub async fn until(
+    events: &mut mpsc::UnboundedReceiver<ElectionEvent>,
+    secs: f64,
+    what: &str,
+    matches: impl Fn(&ElectionEvent) -> bool,
+) -> ElectionEvent {
+    let mut skipped = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs_f64(secs), async {
+        loop {
+            let event = events.recv().await.expect("events open");
+            if matches(&event) {
+                return event;
+            }
+            skipped.push(event);
+        }
+    })
+    .await;
+    match found {
+        Ok(event) => event,
+        Err(_) => panic!("timed out after {secs} s waiting for {what}; skipped {skipped:#?}"),
     }
 }
 

@@ -3,13 +3,11 @@
 //! or `close`, started before etcd. `cargo test` builds the examples first;
 //! run `cargo build --all-features --example elect` before `--test cli` alone.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcdutil::testing::Etcd;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

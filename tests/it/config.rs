@@ -1,27 +1,18 @@
 //! `new_config_with_env`: filling a `Config` from `ETCD3_*` variables, and the
 //! errors for bad values. The environment is a map; the real one is not touched.
 
-use std::collections::HashMap;
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcdutil::{Config, ConfigError, TlsConfig, new_config_with_env};
+use etcdutil::{Config, ConfigError, TlsConfig};
 
-/// Fills `cfg` from the environment `vars`.
-fn fill(cfg: Option<Config>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: HashMap<String, String> = vars
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect();
-    new_config_with_env(cfg, |name| env.get(name).cloned())
-}
+use crate::common::{TempDir, fill, from_env};
 
-/// Fills from the environment alone.
-fn from_env(vars: &[(&str, &str)]) -> Config {
-    fill(None, vars).unwrap_or_else(|err| panic!("{vars:?}: {err}"))
+/// Fills from the environment alone; the config must be accepted.
+fn filled(vars: &[(&str, &str)]) -> Config {
+    from_env(vars).unwrap_or_else(|err| panic!("{vars:?}: {err}"))
 }
 
 /// The message of the error that filling gives.
@@ -34,36 +25,6 @@ fn error(cfg: Option<Config>, vars: &[(&str, &str)]) -> String {
 
 fn env_error(vars: &[(&str, &str)]) -> String {
     error(None, vars)
-}
-
-/// A directory of PEM files, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("etcdutil-test-config-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    fn missing(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A self-signed certificate and its key, in PEM.
@@ -105,7 +66,7 @@ fn s(path: &Path) -> &str {
 
 #[test]
 fn defaults_with_empty_environment() {
-    let cfg = from_env(&[]);
+    let cfg = filled(&[]);
     assert_eq!(cfg.endpoints, ["127.0.0.1:2379"]);
     assert_eq!(cfg.username, None);
     assert_eq!(cfg.password, None);
@@ -131,13 +92,13 @@ fn empty_variables_count_as_unset() {
         "ETCD3_DEBUG",
     ]
     .map(|name| (name, ""));
-    assert_eq!(from_env(&vars), from_env(&[]));
+    assert_eq!(filled(&vars), filled(&[]));
 }
 
 #[test]
 fn a_filled_config_fills_to_itself() {
     let f = files();
-    let filled = from_env(&[
+    let filled = filled(&[
         ("ETCD3_ENDPOINT", "https://a:1, b:2"),
         ("ETCD3_USER", "root"),
         ("ETCD3_PASSWORD", "secret"),
@@ -154,24 +115,24 @@ fn a_filled_config_fills_to_itself() {
 
 #[test]
 fn endpoint_list() {
-    let cfg = from_env(&[("ETCD3_ENDPOINT", " a:1, http://b:2 ,c:3,")]);
+    let cfg = filled(&[("ETCD3_ENDPOINT", " a:1, http://b:2 ,c:3,")]);
     assert_eq!(cfg.endpoints, ["a:1", "http://b:2", "c:3"]);
     assert_eq!(cfg.tls, None);
 
-    let cfg = from_env(&[("ETCD3_ENDPOINT", "[::1]:2379")]);
+    let cfg = filled(&[("ETCD3_ENDPOINT", "[::1]:2379")]);
     assert_eq!(cfg.endpoints, ["[::1]:2379"]);
 }
 
 #[test]
 fn https_endpoint_turns_tls_on() {
-    let cfg = from_env(&[("ETCD3_ENDPOINT", "https://a:1,b:2")]);
+    let cfg = filled(&[("ETCD3_ENDPOINT", "https://a:1,b:2")]);
     assert_eq!(cfg.endpoints, ["https://a:1", "b:2"]);
     assert_eq!(cfg.tls, Some(TlsConfig::default()));
 }
 
 #[test]
 fn user_and_password() {
-    let cfg = from_env(&[("ETCD3_USER", "root"), ("ETCD3_PASSWORD", "secret")]);
+    let cfg = filled(&[("ETCD3_USER", "root"), ("ETCD3_PASSWORD", "secret")]);
     assert_eq!(cfg.username.as_deref(), Some("root"));
     assert_eq!(cfg.password.as_deref(), Some("secret"));
     assert!(!format!("{cfg:?}").contains("secret"), "{cfg:?}");
@@ -181,7 +142,7 @@ fn user_and_password() {
 #[test]
 fn ca_file() {
     let f = files();
-    let cfg = from_env(&[("ETCD3_CA", s(&f.ca))]);
+    let cfg = filled(&[("ETCD3_CA", s(&f.ca))]);
     assert_eq!(
         cfg.tls,
         Some(TlsConfig {
@@ -194,7 +155,7 @@ fn ca_file() {
 #[test]
 fn client_certificate() {
     let f = files();
-    let cfg = from_env(&[("ETCD3_TLS_CERT", s(&f.cert)), ("ETCD3_TLS_KEY", s(&f.key))]);
+    let cfg = filled(&[("ETCD3_TLS_CERT", s(&f.cert)), ("ETCD3_TLS_KEY", s(&f.key))]);
     let tls = TlsConfig {
         cert_file: Some(f.cert.clone()),
         key_file: Some(f.key.clone()),
@@ -206,7 +167,7 @@ fn client_certificate() {
 #[test]
 fn ca_and_client_certificate() {
     let f = files();
-    let cfg = from_env(&[
+    let cfg = filled(&[
         ("ETCD3_CA", s(&f.ca)),
         ("ETCD3_TLS_CERT", s(&f.cert)),
         ("ETCD3_TLS_KEY", s(&f.key)),
@@ -222,7 +183,7 @@ fn ca_and_client_certificate() {
 
 #[test]
 fn skip_verify() {
-    let cfg = from_env(&[("ETCD3_SKIP_VERIFY", "1")]);
+    let cfg = filled(&[("ETCD3_SKIP_VERIFY", "1")]);
     assert_eq!(
         cfg.tls,
         Some(TlsConfig {
@@ -233,7 +194,7 @@ fn skip_verify() {
     assert_eq!(cfg.endpoints, ["127.0.0.1:2379"]);
 
     let f = files();
-    let cfg = from_env(&[
+    let cfg = filled(&[
         ("ETCD3_SKIP_VERIFY", "yes"),
         ("ETCD3_TLS_CERT", s(&f.cert)),
         ("ETCD3_TLS_KEY", s(&f.key)),
@@ -243,40 +204,22 @@ fn skip_verify() {
 
 #[test]
 fn enable_tls() {
-    let cfg = from_env(&[("ETCD3_ENABLE_TLS", "true")]);
+    let cfg = filled(&[("ETCD3_ENABLE_TLS", "true")]);
     assert_eq!(cfg.tls, Some(TlsConfig::default()));
 }
 
+/// The Go-duration grammar itself is tested with its parser (`src/parse.rs`).
 #[test]
 fn dial_timeout() {
-    let cfg = from_env(&[("ETCD3_DIAL_TIMEOUT", "15s")]);
+    let cfg = filled(&[("ETCD3_DIAL_TIMEOUT", "15s")]);
     assert_eq!(cfg.dial_timeout, Some(Duration::from_secs(15)));
 }
 
 #[test]
-fn go_durations() {
-    for (text, expected) in [
-        ("300ms", Duration::from_millis(300)),
-        ("15s", Duration::from_secs(15)),
-        ("1m", Duration::from_secs(60)),
-        ("1h30m", Duration::from_secs(90 * 60)),
-        ("24h", Duration::from_secs(24 * 3600)),
-        ("1.5s", Duration::from_millis(1500)),
-        ("1h30m10s", Duration::from_secs(5410)),
-        ("500us", Duration::from_micros(500)),
-        ("500µs", Duration::from_micros(500)),
-        ("10ns", Duration::from_nanos(10)),
-    ] {
-        let cfg = from_env(&[("ETCD3_DIAL_TIMEOUT", text)]);
-        assert_eq!(cfg.dial_timeout, Some(expected), "{text}");
-    }
-}
-
-#[test]
 fn debug() {
-    assert!(from_env(&[("ETCD3_DEBUG", "1")]).debug);
+    assert!(filled(&[("ETCD3_DEBUG", "1")]).debug);
     assert!(
-        from_env(&[("ETCD3_DEBUG", "false")]).debug,
+        filled(&[("ETCD3_DEBUG", "false")]).debug,
         "any non-empty value"
     );
 }
@@ -671,7 +614,7 @@ fn unreadable_key_file() {
 #[test]
 fn temp_files_are_removed() {
     let f = files();
-    let dir = f.dir.0.clone();
+    let dir = f.dir.0.path().to_owned();
     assert!(dir.exists());
     drop(f);
     assert!(!dir.exists());

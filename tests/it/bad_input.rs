@@ -6,14 +6,11 @@
 //! keyspace) and no lease (`LeaseLeases`). Every test that needs etcd starts
 //! its own.
 
-mod common;
-
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcdutil::proto::authpb::{Permission, permission};
 use etcdutil::proto::etcdserverpb::{
     AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, PutRequest,
@@ -21,19 +18,10 @@ use etcdutil::proto::etcdserverpb::{
 use etcdutil::testing::Etcd;
 use etcdutil::{
     Client, Config, ConfigError, ElectionConfig, Error, Session, SessionConfig, TlsConfig,
-    new_config_with_env, new_election, new_election_async,
+    new_election, new_election_async,
 };
 
 // ---------------------------------------------------------------- helpers
-
-/// Fills a config from `vars` alone, as `new_client` would from the environment.
-fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    new_config_with_env(None, |name| {
-        vars.iter()
-            .find(|(var, _)| *var == name)
-            .map(|(_, value)| value.to_string())
-    })
-}
 
 /// Connects with `config`, which must fail with a configuration error at
 /// once (nothing dialled); returns the `ConfigError` the user sees as the source.
@@ -74,28 +62,6 @@ async fn assert_nothing_left(client: &Client, ours: &[&str]) {
 /// Gives anything a call may have started in the background time to reach etcd.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-/// A directory of files for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        TempDir(std::env::temp_dir().join(unique("etcdutil-bad-input")))
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        std::fs::create_dir_all(&self.0).unwrap();
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const NO_ENDPOINT: &str = "lists no endpoint, expected host:port[,host:port...]";

@@ -1,63 +1,14 @@
 //! Election against a real etcd: ports of the Go package's tests, and more.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcdutil::proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
-use etcdutil::{
-    Election, ElectionConfig, ElectionEvent, Error, EventObserver, new_election, new_election_async,
-};
+use etcdutil::{Election, ElectionEvent, Error, new_election, new_election_async};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
-
-fn recorder() -> (EventObserver, mpsc::UnboundedReceiver<ElectionEvent>) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    (Arc::new(move |event| drop(sender.send(event))), receiver)
-}
-
-fn config(election: &str, candidate: &str, ttl: i64, observer: EventObserver) -> ElectionConfig {
-    ElectionConfig {
-        event_observer: Some(observer),
-        election: election.into(),
-        candidate: candidate.into(),
-        ttl,
-    }
-}
-
-async fn next(events: &mut mpsc::UnboundedReceiver<ElectionEvent>, secs: f64) -> ElectionEvent {
-    within(secs, "an election event", events.recv())
-        .await
-        .expect("events open")
-}
-
-/// Skips events until one matches; returns it. On timeout, fails with the
-/// events it skipped.
-async fn until(
-    events: &mut mpsc::UnboundedReceiver<ElectionEvent>,
-    secs: f64,
-    what: &str,
-    matches: impl Fn(&ElectionEvent) -> bool,
-) -> ElectionEvent {
-    let mut skipped = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs_f64(secs), async {
-        loop {
-            let event = events.recv().await.expect("events open");
-            if matches(&event) {
-                return event;
-            }
-            skipped.push(event);
-        }
-    })
-    .await;
-    match found {
-        Ok(event) => event,
-        Err(_) => panic!("timed out after {secs} s waiting for {what}; skipped {skipped:#?}"),
-    }
-}
 
 async fn assert_closing_events(events: &mut mpsc::UnboundedReceiver<ElectionEvent>) {
     // Skip what came before the close (errors while cut off, say).
@@ -116,17 +67,11 @@ async fn two_campaigns_see_the_exact_event_sequence() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let name = unique("two");
-    let (observer_a, mut a_events) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer_a))
-        .await
-        .unwrap();
+    let (a, mut a_events) = candidate(&client, &name, "a", 5).await;
     let a_first = next(&mut a_events, 1.0).await;
     assert!(a_first.is_leader);
 
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (b, mut b_events) = candidate(&client, &name, "b", 5).await;
     assert!(!b.is_leader());
     let b_first = next(&mut b_events, 1.0).await;
     assert!(
@@ -156,14 +101,8 @@ async fn candidate_that_never_wins_closes_cleanly_and_fast() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let name = unique("never");
-    let (observer_a, _a_events) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer_a))
-        .await
-        .unwrap();
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (a, _a_events) = candidate(&client, &name, "a", 5).await;
+    let (b, mut b_events) = candidate(&client, &name, "b", 5).await;
     assert!(!next(&mut b_events, 1.0).await.is_leader);
 
     let started = Instant::now();
@@ -190,15 +129,9 @@ async fn leader_cut_off_steps_down_and_the_other_wins() {
     let (proxy, cut_client) = proxied_client(&etcd).await;
     let client = client(&etcd).await;
     let name = unique("cut");
-    let (observer_a, mut a_events) = recorder();
-    let a = new_election(&cut_client, config(&name, "a", 1, observer_a))
-        .await
-        .unwrap();
+    let (a, mut a_events) = candidate(&cut_client, &name, "a", 1).await;
     assert!(a.is_leader());
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 1, observer_b))
-        .await
-        .unwrap();
+    let (b, mut b_events) = candidate(&client, &name, "b", 1).await;
     assert!(!b.is_leader());
 
     proxy.cut().await;
@@ -269,14 +202,8 @@ async fn concede_hands_over_to_a_waiting_candidate_quickly() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let name = unique("concede");
-    let (observer_a, mut a_events) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer_a))
-        .await
-        .unwrap();
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (a, mut a_events) = candidate(&client, &name, "a", 5).await;
+    let (b, mut b_events) = candidate(&client, &name, "b", 5).await;
     next(&mut a_events, 1.0).await;
     next(&mut b_events, 1.0).await;
 
@@ -306,14 +233,8 @@ async fn proclaim_is_seen_by_the_other_candidates() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let name = unique("proclaim");
-    let (observer_a, _a_events) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer_a))
-        .await
-        .unwrap();
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (a, _a_events) = candidate(&client, &name, "a", 5).await;
+    let (b, mut b_events) = candidate(&client, &name, "b", 5).await;
     next(&mut b_events, 1.0).await;
 
     a.proclaim("a at 10.0.0.7").await.unwrap();
@@ -337,14 +258,8 @@ async fn foo_and_foobar_are_separate_elections() {
     let client = client(&etcd).await;
     let foo = unique("foo");
     let foobar = format!("{foo}bar");
-    let (observer_a, _a) = recorder();
-    let a = new_election(&client, config(&foo, "a", 5, observer_a))
-        .await
-        .unwrap();
-    let (observer_b, _b) = recorder();
-    let b = new_election(&client, config(&foobar, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (a, _a) = candidate(&client, &foo, "a", 5).await;
+    let (b, _b) = candidate(&client, &foobar, "b", 5).await;
     assert!(
         a.is_leader() && b.is_leader(),
         "each leads its own election"
@@ -371,18 +286,12 @@ async fn stale_leader_cannot_write_through_txn_if_leader() {
         }],
         ..Default::default()
     };
-    let (observer_a, _a) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer_a))
-        .await
-        .unwrap();
+    let (a, _a) = candidate(&client, &name, "a", 5).await;
     let response = a.txn_if_leader(put("a")).await.unwrap();
     assert!(response.succeeded);
     let term = a.leader_key().unwrap();
 
-    let (observer_b, mut b_events) = recorder();
-    let b = new_election(&client, config(&name, "b", 5, observer_b))
-        .await
-        .unwrap();
+    let (b, mut b_events) = candidate(&client, &name, "b", 5).await;
     a.concede().await.unwrap();
     until(&mut b_events, 3.0, "B leads", |e| e.is_leader).await;
     assert!(matches!(
@@ -426,10 +335,7 @@ async fn dropping_an_election_leaves_no_key_behind() {
     let client = client(&etcd).await;
     let name = unique("drop");
     let prefix = format!("/elections/{name}/");
-    let (observer, _events) = recorder();
-    let election = new_election(&client, config(&name, "a", 30, observer))
-        .await
-        .unwrap();
+    let (election, _events) = candidate(&client, &name, "a", 30).await;
     assert_eq!(keys_under(&client, &prefix).await.len(), 1);
     drop(election);
     eventually(5.0, "the key is gone", || async {
@@ -476,10 +382,7 @@ async fn observe_and_leader_without_campaigning() {
     let name = unique("observe");
     assert!(etcdutil::leader(&client, &name).await.unwrap().is_none());
     let mut leaders = etcdutil::observe(&client, &name).unwrap();
-    let (observer, _events) = recorder();
-    let a = new_election(&client, config(&name, "a", 5, observer))
-        .await
-        .unwrap();
+    let (a, _events) = candidate(&client, &name, "a", 5).await;
     use tokio_stream::StreamExt;
     let seen = within(3.0, "observed leader", leaders.next())
         .await
@@ -567,10 +470,7 @@ async fn interop_with_etcdctl_elect() {
         .unwrap();
     assert!(key.starts_with(&format!("/elections/{name}/")), "{key}");
 
-    let (observer, mut events) = recorder();
-    let ours = new_election(&client, config(&name, "ours", 5, observer))
-        .await
-        .unwrap();
+    let (ours, mut events) = candidate(&client, &name, "ours", 5).await;
     let first = next(&mut events, 1.0).await;
     assert!(!first.is_leader);
     assert_eq!(
@@ -626,10 +526,7 @@ fn assert_object_safe(_: Arc<dyn etcdutil::LeaderElector>, _: &Election) {}
 async fn back_in_the_race_after_etcd_restarts() {
     let mut etcd = etcd().await;
     let client = client(&etcd).await;
-    let (observer, mut events) = recorder();
-    let election = new_election(&client, config(&unique("restart"), "a", 2, observer))
-        .await
-        .unwrap();
+    let (election, mut events) = candidate(&client, &unique("restart"), "a", 2).await;
     assert!(election.is_leader());
     etcd.kill().unwrap();
     until(&mut events, 5.0, "not leader once etcd is gone", |e| {
@@ -792,10 +689,7 @@ async fn go_package_candidate_entered_first_leads_and_ours_follows() {
     let name = unique("mixed");
     let (go_session, go_key) = go_candidate(&client, &name, "go-a").await;
 
-    let (observer, mut events) = recorder();
-    let ours = new_election(&client, config(&name, "rust-b", 5, observer))
-        .await
-        .unwrap();
+    let (ours, mut events) = candidate(&client, &name, "rust-b", 5).await;
     assert!(
         !ours.is_leader(),
         "two leaders: the Go candidate entered first"
@@ -832,10 +726,7 @@ async fn go_package_candidate_entered_later_defers_to_ours() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let name = unique("mixed-later");
-    let (observer, mut events) = recorder();
-    let ours = new_election(&client, config(&name, "rust-a", 5, observer))
-        .await
-        .unwrap();
+    let (ours, mut events) = candidate(&client, &name, "rust-a", 5).await;
     assert!(ours.is_leader());
     let our_key = next(&mut events, 1.0).await.leader_key;
     let (_go_session, go_key) = go_candidate(&client, &name, "go-b").await;
@@ -874,19 +765,13 @@ async fn foo_ignores_foobar_in_both_layouts() {
     let foo = unique("foo");
     let foobar = format!("{foo}bar");
     let (_go_session, _go_key) = go_candidate(&client, &foobar, "go-foobar").await;
-    let (observer, _) = recorder();
-    let rust_foobar = new_election(&client, config(&foobar, "rust-foobar", 5, observer))
-        .await
-        .unwrap();
+    let (rust_foobar, _) = candidate(&client, &foobar, "rust-foobar", 5).await;
     assert!(
         !rust_foobar.is_leader(),
         "the Go candidate of foobar entered first"
     );
 
-    let (observer, _) = recorder();
-    let ours = new_election(&client, config(&foo, "rust-foo", 5, observer))
-        .await
-        .unwrap();
+    let (ours, _) = candidate(&client, &foo, "rust-foo", 5).await;
     assert!(ours.is_leader(), "foo's only candidate leads");
     ours.close().await;
     rust_foobar.close().await;

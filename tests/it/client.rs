@@ -2,12 +2,10 @@
 //! and the connections that must fail fast with a clear error (wrong CA,
 //! unreachable endpoints, the wrong scheme).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcdutil::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseLeasesRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, compare, request_op, response_op,
@@ -349,7 +347,7 @@ async fn client_close_closes_every_session_and_election_made_from_it() {
     use etcdutil::{ElectionConfig, NO_LEASE, Session, SessionConfig, new_election_async};
     let etcd = etcd().await;
     let client = client(&etcd).await;
-    let watcher = common::client(&etcd).await;
+    let watcher = crate::common::client(&etcd).await;
     let ttl = 5;
     let elections: Vec<_> = (0..100)
         .map(|i| {

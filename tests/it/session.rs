@@ -1,10 +1,8 @@
 //! Session against a real etcd: gain, keepalive, loss before expiry, regain, close.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcdutil::proto::etcdserverpb::LeaseRevokeRequest;
 use etcdutil::{Error, NO_LEASE, Session, SessionConfig};
 
@@ -174,7 +172,7 @@ async fn etcd_killed_and_restarted() {
 async fn lease_revoked_by_someone_else() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
-    let other = common::client(&etcd).await;
+    let other = crate::common::client(&etcd).await;
     let (observer, mut calls) = Recorder::new();
     let session = Session::new(&client, SessionConfig { ttl: 3, observer }).unwrap();
     let first = calls.lease(5.0).await;

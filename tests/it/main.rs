@@ -1,0 +1,17 @@
+//! The integration tests, in one binary so that the suite links once. One
+//! module per concern; every test starts its own etcd, or uses names of its
+//! own, so they all run in parallel. (The safety checker, the wire log and
+//! the metrics have binaries of their own: the first is run by name, the
+//! other two install process-wide recorders.)
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod cli;
+mod client;
+mod config;
+mod election;
+mod hardening;
+mod harness;
+mod session;
