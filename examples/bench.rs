@@ -428,6 +428,24 @@ impl ModeReport {
         });
     }
 
+    /// Two interleaved scenarios, ours and a reference: both rows, and the
+    /// ratio of their medians with the target ours <= 1.0x the reference.
+    fn compared(
+        &mut self,
+        ours: (&str, Reps),
+        reference: (&str, Reps),
+        scenario: &str,
+        metric: &str,
+    ) {
+        let medians = (stats(&ours.1.samples), stats(&reference.1.samples));
+        self.latency(ours.0, ours.1, Goal::Info);
+        self.latency(reference.0, reference.1, Goal::Info);
+        if let (Some(ours), Some(reference)) = medians {
+            let x = ratio(ours.median, reference.median);
+            self.figure(scenario, metric, x, "x", "<= 1.0", Some(x <= 1.0));
+        }
+    }
+
     fn latency(&mut self, scenario: &str, reps: Reps, goal: Goal) {
         let errors = reps.errors.len();
         for (i, error) in reps.errors.iter().enumerate().take(3) {
@@ -1412,20 +1430,12 @@ async fn process_race(ctx: &Ctx<'_>, report: &mut ModeReport) -> Res<()> {
         Ok(at.saturating_duration_since(t0))
     };
     let (ours, theirs) = repeat_pair(ctx.p.race_reps, REP_TIMEOUT, etcdctl, ours).await;
-    let compared = (stats(&ours.samples), stats(&theirs.samples));
-    report.latency(RACE_OURS, ours, Goal::Info);
-    report.latency(RACE_ETCDCTL, theirs, Goal::Info);
-    if let (Some(ours), Some(theirs)) = compared {
-        let x = ratio(ours.median, theirs.median);
-        report.figure(
-            "process handover",
-            "elect median, x etcdctl elect",
-            x,
-            "x",
-            "<= 1.0",
-            Some(x <= 1.0),
-        );
-    }
+    report.compared(
+        (RACE_OURS, ours),
+        (RACE_ETCDCTL, theirs),
+        "process handover",
+        "elect median, x etcdctl elect",
+    );
     Ok(())
 }
 
@@ -1546,20 +1556,12 @@ async fn run_mode_in(
         async |i| handover_settled(&ctx, &a_client, &b_client, i).await,
     )
     .await;
-    let compared = (stats(&ours.samples), stats(&raw.samples));
-    report.latency(SETTLED, ours, Goal::Info);
-    report.latency(RAW_RESIGN, raw, Goal::Info);
-    if let (Some(ours), Some(raw)) = compared {
-        let x = ratio(ours.median, raw.median);
-        report.figure(
-            "settled handover",
-            "median, x raw Resign -> Campaign",
-            x,
-            "x",
-            "<= 1.0",
-            Some(x <= 1.0),
-        );
-    }
+    report.compared(
+        (SETTLED, ours),
+        (RAW_RESIGN, raw),
+        "settled handover",
+        "median, x raw Resign -> Campaign",
+    );
     drop((a_client, b_client));
 
     step(
