@@ -246,7 +246,7 @@ impl Task {
                 }
             }
             Err(error) => {
-                let renewed = self.client.transport_ref().recover(&error, &attempt).await;
+                let renewed = self.client.recover(&error, &attempt).await;
                 if !renewed {
                     self.emit_error(error);
                 }
@@ -435,7 +435,7 @@ impl Task {
                 // (Even a zero sleep waits for the timer's next 1 ms tick.)
                 tokio::time::sleep(delay).await;
             }
-            let attempt = client.transport_ref().attempt();
+            let attempt = client.attempt();
             let outcome = async {
                 let response = client.kv().txn(txn).await?.into_inner();
                 let as_of_rev = response.header.map_or(0, |h| h.revision);

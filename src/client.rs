@@ -16,7 +16,7 @@ use crate::proto::etcdserverpb::{
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use crate::proto::v3electionpb::election_client::ElectionClient;
-use crate::transport::Transport;
+use crate::transport::{Attempt, Transport};
 use crate::{tls, wire};
 
 /// Creates a [`Client`] from `cfg`, its blanks filled from the `ETCD3_*`
@@ -313,8 +313,16 @@ impl Client {
         &self.inner.config
     }
 
-    pub(crate) fn transport_ref(&self) -> &Transport {
-        &self.inner.transport
+    /// What a call or stream is about to be sent with (member, token), to
+    /// hand to [`recover`](Self::recover) if it fails.
+    pub(crate) fn attempt(&self) -> Attempt {
+        self.inner.transport.attempt()
+    }
+
+    /// Does what `error`, from a call or stream sent as `attempt`, asks for:
+    /// a new token (true: retry at once) or the next member.
+    pub(crate) async fn recover(&self, error: &Error, attempt: &Attempt) -> bool {
+        self.inner.transport.recover(error, attempt).await
     }
 
     /// The shared HTTP/2 channel, for generated clients this type has no method for.

@@ -115,7 +115,7 @@ pub(crate) async fn run_observe(
 ) {
     let mut renewed_last = false;
     loop {
-        let attempt = client.transport_ref().attempt();
+        let attempt = client.attempt();
         let failure = tokio::select! {
             _ = reports.closed() => return,
             failure = observe_once(&client, &name, &reports) => failure,
@@ -124,7 +124,7 @@ pub(crate) async fn run_observe(
         {
             continue; // fell behind a compaction: read everything again
         }
-        let renewed = client.transport_ref().recover(&failure, &attempt).await;
+        let renewed = client.recover(&failure, &attempt).await;
         if renewed && !renewed_last {
             renewed_last = true;
             continue; // a renewed token: reopen at once, nothing to report
@@ -329,12 +329,12 @@ pub(crate) async fn until_deleted(
     retry: std::time::Duration,
 ) {
     loop {
-        let attempt = client.transport_ref().attempt();
+        let attempt = client.attempt();
         let error = match watch_deletes(&client, &mut keys, rev).await {
             Ok(()) => return,
             Err(error) => error,
         };
-        if !client.transport_ref().recover(&error, &attempt).await {
+        if !client.recover(&error, &attempt).await {
             tokio::time::sleep(retry).await;
         }
         // Which are left, and as of when, to watch on from there.

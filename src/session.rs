@@ -421,7 +421,7 @@ impl Worker {
         loop {
             // How the grant, and then the keepalives, reach etcd: a failure
             // moves calls off that member (once, however many sessions saw it).
-            let attempt = self.client.transport_ref().attempt();
+            let attempt = self.client.attempt();
             let mut granting = Box::pin(grant(self.client.clone(), self.ttl));
             let granted = tokio::select! {
                 biased;
@@ -449,7 +449,7 @@ impl Worker {
             let (id, ttl, sent_at) = match granted {
                 Ok(granted) => granted,
                 Err(error) => {
-                    self.client.transport_ref().recover(&error, &attempt).await;
+                    self.client.recover(&error, &attempt).await;
                     self.report(NO_LEASE, Some(error));
                     if !self.pause(backoff).await {
                         break;
@@ -483,7 +483,7 @@ impl Worker {
                     telemetry::lease_lost(reason);
                     let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
-                    self.client.transport_ref().recover(&hint, &attempt).await;
+                    self.client.recover(&hint, &attempt).await;
                     // The lease may still live on etcd (say, the network hangs):
                     // revoke it, so its keys go as soon as etcd hears us.
                     let deadline = Instant::now() + self.ttl();
