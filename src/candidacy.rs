@@ -28,25 +28,124 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::election::{Command, ElectionEvent, Shared, created_at};
 use crate::error::{Error, Result};
+use crate::event::{ElectionEvent, EventObserver};
 use crate::observe::{Leader, Observed, oldest_first, prefix_range, until_deleted};
 use crate::proto::etcdserverpb::{
-    PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, request_op, response_op,
+    Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, compare, request_op,
+    response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
 use crate::session::{NO_LEASE, Session, close_budget};
 use crate::telemetry;
 use crate::transport::Attempt;
+
+/// What the handle and the session's observer share with the election task.
+pub(crate) struct Shared {
+    /// The election's key prefix, for events and metrics.
+    name: String,
+    /// Read without a lock by `is_leader`.
+    pub(crate) is_leader: AtomicBool,
+    /// Our term while we lead; written together with `is_leader`.
+    pub(crate) state: Mutex<State>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
+    observer: Option<EventObserver>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// The session's current lease, or NO_LEASE.
+    pub(crate) lease: i64,
+    /// Our term, while we lead.
+    pub(crate) term: Option<LeaderKey>,
+}
+
+impl Shared {
+    pub(crate) fn new(name: String, observer: Option<EventObserver>) -> Shared {
+        Shared {
+            name,
+            is_leader: AtomicBool::new(false),
+            state: Mutex::new(State {
+                lease: NO_LEASE,
+                term: None,
+            }),
+            subscribers: Mutex::default(),
+            observer,
+        }
+    }
+
+    /// A receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .expect("subscribers lock")
+            .push(sender);
+        receiver
+    }
+
+    /// Leads with `term`; true if we did not lead before.
+    pub(crate) fn lead(&self, state: &mut State, term: LeaderKey) -> bool {
+        let gained = !self.is_leader.swap(true, Ordering::SeqCst);
+        if gained {
+            let key = String::from_utf8_lossy(&term.key);
+            tracing::info!(target: telemetry::TARGET, election = %self.name, %key, rev = term.rev, "leadership gained");
+            telemetry::is_leader(&self.name, true);
+        }
+        state.term = Some(term);
+        gained
+    }
+
+    /// Steps down at once, before anything is sent to etcd.
+    pub(crate) fn step_down(&self, state: &mut State) {
+        let term = state.term.take();
+        if self.is_leader.swap(false, Ordering::SeqCst) {
+            let key = term
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(&t.key).into_owned());
+            let rev = term.as_ref().map(|t| t.rev);
+            tracing::info!(target: telemetry::TARGET, election = %self.name, key = key.as_deref(), rev, "leadership lost");
+            telemetry::is_leader(&self.name, false);
+        }
+    }
+
+    pub(crate) fn emit(&self, event: ElectionEvent) {
+        if let Some(observer) = &self.observer {
+            observer(event.clone());
+        }
+        self.subscribers
+            .lock()
+            .expect("subscribers lock")
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+    }
+}
+
+/// What the handle asks of the election task.
+pub(crate) enum Command {
+    Concede(oneshot::Sender<Result<bool>>),
+    /// Close, finishing by this instant.
+    Close(Instant),
+}
+
+/// A Txn compare: `key` was created at revision `rev` (0: does not exist).
+pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.into(),
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        range_end: Default::default(),
+    }
+}
 
 /// Retry a failed candidacy Txn or watch after this long.
 pub(crate) const RETRY: Duration = Duration::from_millis(500);

@@ -35,24 +35,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::candidacy::{Inputs, RETRY, Task};
+use crate::candidacy::{Command, Inputs, RETRY, Shared, Task, created_at};
 use crate::client::{Client, Closable};
 use crate::error::{Error, Result};
+use crate::event::{ElectionEvent, EventObserver};
 use crate::observe::{Leader, Observed, Report, run_observe};
-use crate::proto::etcdserverpb::{
-    Compare, RequestOp, TxnRequest, TxnResponse, compare, request_op, response_op,
-};
+use crate::proto::etcdserverpb::{RequestOp, TxnRequest, TxnResponse, request_op, response_op};
 use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest};
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};
-use crate::telemetry;
 
 /// Where elections live in etcd's key space.
 ///
@@ -67,47 +65,6 @@ pub const ELECTION_PREFIX: &str = "/elections";
 /// assert_eq!(etcdutil::ElectionConfig::default().ttl, etcdutil::DEFAULT_ELECTION_TTL);
 /// ```
 pub const DEFAULT_ELECTION_TTL: i64 = 5;
-
-/// One change in an election, as seen by one candidate.
-///
-/// ```
-/// let observer: etcdutil::EventObserver = std::sync::Arc::new(|event: etcdutil::ElectionEvent| {
-///     match (event.is_done, event.is_leader) {
-///         (true, _) => println!("election closed"),
-///         (false, true) => println!("we lead"),
-///         (false, false) => println!("{} leads ({})", event.leader_data, event.leader_key),
-///     }
-/// });
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct ElectionEvent {
-    /// True if our candidate is the leader.
-    pub is_leader: bool,
-    /// True on the very last event, after [`Election::close`].
-    pub is_done: bool,
-    /// The leader's key (`/elections/<name>/<lease hex>`), if known.
-    pub leader_key: String,
-    /// The leader's data: its candidate name, or what it proclaimed.
-    pub leader_data: String,
-    /// The error this event reports, if any.
-    pub err: Option<Error>,
-}
-
-/// The Go package's old name for [`ElectionEvent`].
-///
-/// ```
-/// #[allow(deprecated)]
-/// let event: etcdutil::Event = etcdutil::ElectionEvent::default();
-/// ```
-#[deprecated(note = "use ElectionEvent")]
-pub type Event = ElectionEvent;
-
-/// Called with every [`ElectionEvent`], in order, never concurrently.
-///
-/// ```
-/// let observer: etcdutil::EventObserver = std::sync::Arc::new(|event| println!("{event:?}"));
-/// ```
-pub type EventObserver = Arc<dyn Fn(ElectionEvent) + Send + Sync>;
 
 /// How to run an [`Election`].
 ///
@@ -276,70 +233,6 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
     Ok(UnboundedReceiverStream::new(receiver))
 }
 
-/// What the handle and the session's observer share with the election task.
-pub(crate) struct Shared {
-    /// The election's key prefix, for events and metrics.
-    name: String,
-    /// Read without a lock by `is_leader`.
-    pub(crate) is_leader: AtomicBool,
-    /// Our term while we lead; written together with `is_leader`.
-    pub(crate) state: Mutex<State>,
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
-    observer: Option<EventObserver>,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    /// The session's current lease, or NO_LEASE.
-    pub(crate) lease: i64,
-    /// Our term, while we lead.
-    pub(crate) term: Option<LeaderKey>,
-}
-
-impl Shared {
-    /// Leads with `term`; true if we did not lead before.
-    pub(crate) fn lead(&self, state: &mut State, term: LeaderKey) -> bool {
-        let gained = !self.is_leader.swap(true, Ordering::SeqCst);
-        if gained {
-            let key = String::from_utf8_lossy(&term.key);
-            tracing::info!(target: telemetry::TARGET, election = %self.name, %key, rev = term.rev, "leadership gained");
-            telemetry::is_leader(&self.name, true);
-        }
-        state.term = Some(term);
-        gained
-    }
-
-    /// Steps down at once, before anything is sent to etcd.
-    pub(crate) fn step_down(&self, state: &mut State) {
-        let term = state.term.take();
-        if self.is_leader.swap(false, Ordering::SeqCst) {
-            let key = term
-                .as_ref()
-                .map(|t| String::from_utf8_lossy(&t.key).into_owned());
-            let rev = term.as_ref().map(|t| t.rev);
-            tracing::info!(target: telemetry::TARGET, election = %self.name, key = key.as_deref(), rev, "leadership lost");
-            telemetry::is_leader(&self.name, false);
-        }
-    }
-
-    pub(crate) fn emit(&self, event: ElectionEvent) {
-        if let Some(observer) = &self.observer {
-            observer(event.clone());
-        }
-        self.subscribers
-            .lock()
-            .expect("subscribers lock")
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
-    }
-}
-
-/// What the handle asks of the election task.
-pub(crate) enum Command {
-    Concede(oneshot::Sender<Result<bool>>),
-    /// Close, finishing by this instant.
-    Close(Instant),
-}
-
 /// One candidate in one election.
 ///
 /// ```no_run
@@ -458,16 +351,7 @@ impl Election {
     fn start(client: &Client, config: ElectionConfig) -> Result<Election> {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
-        let shared = Arc::new(Shared {
-            name: name.clone(),
-            is_leader: AtomicBool::new(false),
-            state: Mutex::new(State {
-                lease: NO_LEASE,
-                term: None,
-            }),
-            subscribers: Mutex::default(),
-            observer: config.event_observer,
-        });
+        let shared = Arc::new(Shared::new(name.clone(), config.event_observer));
         let (lease_tx, leases) = mpsc::unbounded_channel();
         let session_shared = shared.clone();
         let session = Session::start(
@@ -567,13 +451,7 @@ impl Election {
     /// # }
     /// ```
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        self.shared
-            .subscribers
-            .lock()
-            .expect("subscribers lock")
-            .push(sender);
-        receiver
+        self.shared.subscribe()
     }
 
     /// If we lead: resign and campaign again behind the other candidates, so a
@@ -685,17 +563,6 @@ impl Drop for Election {
     fn drop(&mut self) {
         let deadline = Instant::now() + close_budget(self.closer.ttl);
         let _ = self.closer.commands.send(Command::Close(deadline));
-    }
-}
-
-/// A Txn compare: `key` was created at revision `rev` (0: does not exist).
-pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
-    Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Create as i32,
-        key: key.into(),
-        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
-        range_end: Default::default(),
     }
 }
 

@@ -36,7 +36,8 @@
 //! - `session`: [`Session`], a lease kept alive, lost before etcd can expire it.
 //! - `keepalive`: the one `LeaseKeepAlive` stream a client shares among all its sessions.
 //! - `observe`: who leads an election, followed with one Watch of our own; [`Leader`].
-//! - `election`: [`Election`] and its events, [`LeaderElector`],
+//! - `event`: [`ElectionEvent`] and [`EventObserver`].
+//! - `election`: [`Election`], [`LeaderElector`],
 //!   [`AlwaysLeaderMock`], [`observe`] and [`leader`].
 //! - `candidacy`: the task behind an [`Election`], a state machine with a
 //!   transition table in its docs.
@@ -60,6 +61,7 @@ mod client;
 mod config;
 mod election;
 mod error;
+mod event;
 mod keepalive;
 mod observe;
 mod parse;
@@ -75,14 +77,14 @@ pub mod testing;
 
 pub use client::{Client, new_client};
 pub use config::*;
-#[allow(deprecated)]
-pub use election::Event;
 pub use election::{
     AlwaysLeaderMock, DEFAULT_ELECTION_TTL, ELECTION_PREFIX, Election, ElectionConfig,
-    ElectionEvent, EventObserver, LeaderElector, election_key, leader, new_election,
-    new_election_async, observe,
+    LeaderElector, election_key, leader, new_election, new_election_async, observe,
 };
 pub use error::{ConfigError, Error, Result, SharedError};
+#[allow(deprecated)]
+pub use event::Event;
+pub use event::{ElectionEvent, EventObserver};
 pub use observe::Leader;
 pub use session::{
     DEFAULT_SESSION_TTL, MAX_LEASE_TTL, NO_LEASE, Session, SessionConfig, SessionObserver,
