@@ -283,58 +283,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
 #[cfg(all(test, feature = "test-util"))]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls::ServerConfig;
     use rustls::server::WebPkiClientVerifier;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
+    use crate::testing::certs::TlsDir;
 
-    /// A CA, a server certificate for `localhost` and a client certificate,
-    /// the CA and the client's files written to a temp dir.
+    /// The harness's PKI (`testing::certs`): a CA, a server certificate for
+    /// `localhost` and a client certificate, in a temp dir; and a server
+    /// config that requires a client certificate from that CA.
     struct Pki {
-        dir: PathBuf,
+        _dir: TlsDir,
         server: Arc<ServerConfig>,
         ca: PathBuf,
         cert: PathBuf,
         key: PathBuf,
     }
 
-    impl Drop for Pki {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     fn pki() -> Pki {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("etcdutil-test-tls-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-            (params.signed_by(&key, &ca).unwrap(), key)
-        };
-        let (server_cert, server_key) = leaf("localhost");
-        let (client_cert, client_key) = leaf("client");
-
+        let dir = TlsDir::generate("client").unwrap();
+        let files = dir.files.clone();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client_roots = RootCertStore::empty();
-        client_roots.add(ca.der().clone()).unwrap();
+        client_roots
+            .add(CertificateDer::from_pem_file(&files.ca_cert).unwrap())
+            .unwrap();
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
                 .build()
@@ -344,18 +319,17 @@ mod tests {
             .unwrap()
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(
-                vec![server_cert.der().clone()],
-                PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+                vec![CertificateDer::from_pem_file(&files.server_cert).unwrap()],
+                PrivateKeyDer::from_pem_file(&files.server_key).unwrap(),
             )
             .unwrap();
         server.alpn_protocols = vec![b"h2".to_vec()];
-
         Pki {
+            _dir: dir,
             server: Arc::new(server),
-            ca: write("ca.pem", ca.pem()),
-            cert: write("cert.pem", client_cert.pem()),
-            key: write("key.pem", client_key.serialize_pem()),
-            dir,
+            ca: files.ca_cert,
+            cert: files.client_cert,
+            key: files.client_key,
         }
     }
 

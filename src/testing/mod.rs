@@ -76,7 +76,7 @@
 //! # Ok(()) }
 //! ```
 
-mod certs;
+pub(crate) mod certs;
 mod cluster;
 mod etcd;
 mod proxy;
