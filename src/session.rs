@@ -234,7 +234,7 @@ impl Session {
             lease: lease_tx,
             control: control.clone(),
             resets_seen: 0,
-            revokes: JoinSet::new(),
+            revokes: None,
         };
         tokio::spawn(worker.run());
         Ok(Session {
@@ -367,8 +367,9 @@ struct Worker {
     control: Arc<Control>,
     resets_seen: u64,
     /// Revokes of leases given up (lost or reset) that may still run:
-    /// closing waits for them, so that no lease outlives `close()`.
-    revokes: JoinSet<()>,
+    /// closing waits for them, so that no lease outlives `close()`. Made on
+    /// first use: most sessions never give a lease up.
+    revokes: Option<JoinSet<()>>,
 }
 
 /// The next command to the worker: waits for one.
@@ -401,11 +402,12 @@ impl Worker {
         self.work().await;
         // Leases given up before the close: their revokes must end first.
         let deadline = self.close_deadline();
-        let revokes = &mut self.revokes;
-        let _ = tokio::time::timeout_at(deadline, async {
-            while revokes.join_next().await.is_some() {}
-        })
-        .await;
+        if let Some(revokes) = &mut self.revokes {
+            let _ = tokio::time::timeout_at(deadline, async {
+                while revokes.join_next().await.is_some() {}
+            })
+            .await;
+        }
         self.report(NO_LEASE, None);
         self.control.done.store(true, Ordering::SeqCst);
         self.control.finished.notify_waiters();
@@ -433,7 +435,7 @@ impl Worker {
                         Command::Close => self.close_deadline(),
                     };
                     let client = self.client.clone();
-                    self.revokes.spawn(async move {
+                    self.background(async move {
                         if let Ok(Ok((id, _, _))) = tokio::time::timeout_at(deadline, granting).await {
                             revoke(client, id, deadline).await;
                         }
@@ -489,14 +491,12 @@ impl Worker {
                     // The lease may still live on etcd (say, the network hangs):
                     // revoke it, so its keys go as soon as etcd hears us.
                     let deadline = Instant::now() + self.ttl();
-                    self.revokes
-                        .spawn(revoke(self.client.clone(), id, deadline));
+                    self.background(revoke(self.client.clone(), id, deadline));
                 }
                 End::Reset => {
                     self.report(NO_LEASE, None);
                     let deadline = Instant::now() + self.ttl();
-                    self.revokes
-                        .spawn(revoke(self.client.clone(), id, deadline));
+                    self.background(revoke(self.client.clone(), id, deadline));
                 }
                 End::Close => {
                     revoke(self.client.clone(), id, self.close_deadline()).await;
@@ -504,6 +504,11 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Runs a revoke in the background; closing waits for it.
+    fn background(&mut self, revoke: impl Future<Output = ()> + Send + 'static) {
+        self.revokes.get_or_insert_with(JoinSet::new).spawn(revoke);
     }
 
     /// When closing must be done by (set before the worker sees the close).
