@@ -751,19 +751,20 @@ enum Handover {
     Concede,
 }
 
-/// Scenario 2, one rep.
+/// Scenario 2, one rep: B sits in the race for `settle` before A goes.
 async fn handover(
     ctx: &Ctx<'_>,
     a_client: &Client,
     b_client: &Client,
     how: Handover,
+    settle: Duration,
     i: usize,
 ) -> Res<Duration> {
     let kind = match how {
         Handover::Close => "close",
         Handover::Concede => "concede",
     };
-    let name = format!("handover-{kind}-{i}");
+    let name = format!("handover-{kind}-{}ms-{i}", settle.as_millis());
     let a = new_election(a_client, ctx.election(&name, "a", ELECTION_TTL, None)).await?;
     wait_leader(&a, Duration::from_secs(5)).await?;
     let (observer, stamp) = leader_stamp();
@@ -772,6 +773,7 @@ async fn handover(
         ctx.election(&name, "b", ELECTION_TTL, Some(observer)),
     )
     .await?;
+    tokio::time::sleep(settle).await;
     if b.is_leader() {
         return Err("B leads before the handover".into());
     }
@@ -1131,36 +1133,6 @@ async fn repeat_pair(
         reps
     };
     (collect(b), collect(a))
-}
-
-/// Scenario 2, settled: as [`handover`] by close(), but B sits in the race
-/// for [`SETTLE`] before A closes.
-async fn handover_settled(
-    ctx: &Ctx<'_>,
-    a_client: &Client,
-    b_client: &Client,
-    i: usize,
-) -> Res<Duration> {
-    let name = format!("settled-{i}");
-    let a = new_election(a_client, ctx.election(&name, "a", ELECTION_TTL, None)).await?;
-    wait_leader(&a, Duration::from_secs(5)).await?;
-    let (observer, stamp) = leader_stamp();
-    let b = new_election(
-        b_client,
-        ctx.election(&name, "b", ELECTION_TTL, Some(observer)),
-    )
-    .await?;
-    tokio::time::sleep(SETTLE).await;
-    if b.is_leader() {
-        return Err("B leads before the handover".into());
-    }
-    let t0 = Instant::now();
-    a.close().await;
-    let at = tokio::time::timeout(Duration::from_secs(10), stamp)
-        .await
-        .map_err(|_| "B did not lead within 10 s of the handover")??;
-    b.close().await;
-    Ok(at.saturating_duration_since(t0))
 }
 
 /// The same handover with etcd's raw Election RPCs and leases kept by hand:
@@ -1536,7 +1508,7 @@ async fn run_mode_in(
     ] {
         step(started, &format!("{label}: {} reps", p.handover_reps));
         let reps = repeat(p.handover_reps, REP_TIMEOUT, async |i| {
-            handover(&ctx, &a_client, &b_client, how, i).await
+            handover(&ctx, &a_client, &b_client, how, Duration::ZERO, i).await
         })
         .await;
         report.latency(label, reps, Goal::MedianAndP99(3.0, 5.0));
@@ -1553,7 +1525,7 @@ async fn run_mode_in(
         p.settled_reps,
         REP_TIMEOUT,
         async |i| raw_handover(&ctx, &a_client, &b_client, i).await,
-        async |i| handover_settled(&ctx, &a_client, &b_client, i).await,
+        async |i| handover(&ctx, &a_client, &b_client, Handover::Close, SETTLE, i).await,
     )
     .await;
     report.compared(

@@ -66,6 +66,17 @@ pub async fn etcd() -> Etcd {
     Etcd::start().await.expect("start etcd")
 }
 
+/// A real etcd serving clients over TLS, requiring a client certificate if
+/// `client_cert_auth`.
+pub async fn tls_etcd(client_cert_auth: bool) -> Etcd {
+    Etcd::builder()
+        .tls(true)
+        .client_cert_auth(client_cert_auth)
+        .start()
+        .await
+        .expect("start etcd")
+}
+
 /// A client of `etcd`, directly.
 pub async fn client(etcd: &Etcd) -> Client {
     Client::connect(etcd.config()).await.expect("connect")

@@ -449,12 +449,7 @@ fn ca_file_with_a_certificate_that_is_not_der_is_refused() {
 
 #[tokio::test]
 async fn client_key_that_does_not_match_the_certificate_is_refused() {
-    let etcd = Etcd::builder()
-        .tls(true)
-        .client_cert_auth(true)
-        .start()
-        .await
-        .expect("start etcd");
+    let etcd = tls_etcd(true).await;
     let files = etcd.tls_files().unwrap().clone();
     let config = Config {
         tls: Some(TlsConfig {

@@ -158,11 +158,7 @@ async fn unreachable_endpoints_fail_within_the_dial_timeout_naming_both() {
         ..Default::default()
     })
     .await;
-    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!("cannot connect to etcd at http://{a},http://{b} within 1s")
-    );
+    assert_cannot_connect(&err, &format!("http://{a},http://{b}"));
     let messages = chain(&err);
     assert!(
         messages[1..]
@@ -176,12 +172,7 @@ async fn unreachable_endpoints_fail_within_the_dial_timeout_naming_both() {
 
 #[tokio::test]
 async fn tls_with_the_right_ca_and_client_certificate_puts_and_ranges() {
-    let etcd = Etcd::builder()
-        .tls(true)
-        .client_cert_auth(true)
-        .start()
-        .await
-        .expect("start etcd");
+    let etcd = tls_etcd(true).await;
     let files = etcd.tls_files().unwrap();
     let config = etcd.config();
     assert_eq!(
@@ -199,12 +190,7 @@ async fn tls_with_the_right_ca_and_client_certificate_puts_and_ranges() {
 
 #[tokio::test]
 async fn tls_with_skip_verify_and_the_client_certificate_puts_and_ranges() {
-    let etcd = Etcd::builder()
-        .tls(true)
-        .client_cert_auth(true)
-        .start()
-        .await
-        .expect("start etcd");
+    let etcd = tls_etcd(true).await;
     let files = etcd.tls_files().unwrap();
     let config = Config {
         tls: Some(TlsConfig {
@@ -221,6 +207,16 @@ async fn tls_with_skip_verify_and_the_client_certificate_puts_and_ranges() {
     put_and_range(&client).await;
 }
 
+/// `err` says that no endpoint answered within the 1 s dial timeout, naming
+/// `endpoints` as the user wrote them.
+fn assert_cannot_connect(err: &Error, endpoints: &str) {
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to etcd at {endpoints} within 1s")
+    );
+}
+
 /// Connects over TLS with `ca` as the only trusted root, which must fail as
 /// a connect error naming the endpoint; returns the messages of its causes.
 async fn tls_connect_refused(etcd: &Etcd, ca: std::path::PathBuf) -> Vec<String> {
@@ -233,14 +229,7 @@ async fn tls_connect_refused(etcd: &Etcd, ca: std::path::PathBuf) -> Vec<String>
         ..etcd.config()
     })
     .await;
-    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "cannot connect to etcd at https://{} within 1s",
-            etcd.client_addr()
-        )
-    );
+    assert_cannot_connect(&err, &format!("https://{}", etcd.client_addr()));
     chain(&err)[1..].to_vec()
 }
 
@@ -263,12 +252,7 @@ async fn tls_with_a_wrong_ca_fails_naming_the_certificate_problem() {
 
 #[tokio::test]
 async fn tls_without_a_client_certificate_is_refused_by_client_cert_auth() {
-    let etcd = Etcd::builder()
-        .tls(true)
-        .client_cert_auth(true)
-        .start()
-        .await
-        .expect("start etcd");
+    let etcd = tls_etcd(true).await;
     let files = etcd.tls_files().unwrap();
     let messages = tls_connect_refused(&etcd, files.ca_cert.clone()).await;
     // TLS 1.3 lets the client finish its handshake before the server checks
@@ -292,14 +276,7 @@ async fn plaintext_client_to_a_tls_etcd_fails_at_connect() {
         ..Default::default()
     })
     .await;
-    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "cannot connect to etcd at http://{} within 1s",
-            etcd.client_addr()
-        )
-    );
+    assert_cannot_connect(&err, &format!("http://{}", etcd.client_addr()));
 }
 
 #[tokio::test]
@@ -315,14 +292,7 @@ async fn tls_client_to_a_plaintext_etcd_fails_at_connect() {
         ..Default::default()
     })
     .await;
-    assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "cannot connect to etcd at https://{} within 1s",
-            etcd.client_addr()
-        )
-    );
+    assert_cannot_connect(&err, &format!("https://{}", etcd.client_addr()));
     let messages = chain(&err);
     assert!(messages.len() > 1, "no cause given: {messages:?}");
 }
