@@ -20,7 +20,7 @@ use crate::error::Error;
 pub struct ElectionEvent {
     /// True if our candidate is the leader.
     pub is_leader: bool,
-    /// True on the very last event, after [`Election::close`].
+    /// True on the very last event, after [`Election::close`](crate::Election::close).
     pub is_done: bool,
     /// The leader's key (`/elections/<name>/<lease hex>`), if known.
     pub leader_key: String,

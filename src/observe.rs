@@ -1,10 +1,11 @@
 //! Who leads an election, watched from the client.
 //!
 //! The leader is the candidate key under `/elections/<name>/` with the lowest
-//! create revision (etcd's `concurrency` rule). [`run_observe`] reads every
-//! candidate once, then follows them with one Watch from the revision it
-//! read, and reports each change of leader (or of its data) in revision
-//! order, as of the revision of the event that made it.
+//! create revision (etcd's `concurrency` rule). [`run_observe`] opens one
+//! Watch on the candidates, reads them all as of the revision the watch
+//! started at, then follows them with the watch, and reports each change of
+//! leader (or of its data) in revision order, as of the revision of the event
+//! that made it.
 //!
 //! Why not etcd's server-side `Observe` and `Campaign`: etcd serves their
 //! waits from one internal watch stream, shared by every caller and
@@ -15,9 +16,10 @@
 //! own token, renewed when etcd rejects it. The keys are the same as etcd's
 //! Campaign writes, so `etcdctl elect` and other clients share the election.
 //!
-//! Following one Watch from the revision read also spares each handover the
-//! read that etcd's Observe does after every delete (and the 100 ms that a
-//! watch opened behind etcd's current revision may wait to catch up).
+//! Following one Watch also spares each handover the read that etcd's
+//! Observe does after every delete, and opening it before reading spares the
+//! 100 ms that a watch opened behind etcd's current revision waits for etcd's
+//! sync loop.
 
 use tokio::sync::mpsc;
 use tonic::Streaming;
