@@ -35,8 +35,9 @@ fn elect_binary() -> PathBuf {
 /// One `elect` process and the events it printed.
 struct Elect {
     child: Child,
-    /// Held open for the process's whole life, as a supervisor's pipe is.
-    stdin: ChildStdin,
+    /// Held open for the process's whole life, as a supervisor's pipe is
+    /// (unless the test closed it).
+    stdin: Option<ChildStdin>,
     /// Each event, and when it was read.
     events: mpsc::UnboundedReceiver<(Instant, Value)>,
     seen: Vec<Value>,
@@ -44,17 +45,27 @@ struct Elect {
 
 impl Elect {
     fn spawn(endpoint: &str, election: &str, candidate: &str, ttl: u64) -> Elect {
+        Elect::spawn_with(endpoint, election, candidate, ttl, Stdio::piped())
+    }
+
+    fn spawn_with(
+        endpoint: &str,
+        election: &str,
+        candidate: &str,
+        ttl: u64,
+        stdin: Stdio,
+    ) -> Elect {
         let mut child = Command::new(elect_binary())
             .args([election, candidate, "--ttl", &ttl.to_string()])
             .env("ETCD3_ENDPOINT", endpoint)
             .env("ETCD3_DIAL_TIMEOUT", "1s")
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn elect");
-        let stdin = child.stdin.take().expect("piped");
+        let stdin = child.stdin.take();
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let (sender, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -152,7 +163,10 @@ async fn elect_exits_on_sigterm_sigint_and_close_with_stdin_left_open() {
         match how {
             "SIGTERM" => elect.signal(libc::SIGTERM),
             "SIGINT" => elect.signal(libc::SIGINT),
-            _ => elect.stdin.write_all(b"close\n").await.unwrap(),
+            _ => {
+                let stdin = elect.stdin.as_mut().expect("piped");
+                stdin.write_all(b"close\n").await.unwrap();
+            }
         }
         let (status, events) = elect.exit(10.0).await;
         let took = asked.elapsed();
@@ -171,6 +185,39 @@ async fn elect_exits_on_sigterm_sigint_and_close_with_stdin_left_open() {
             lease_ids(&client).await,
             Vec::<i64>::new(),
             "{how}: no lease left"
+        );
+    }
+}
+
+/// SIGTERM with stdin at end of file (`/dev/null`) or a pipe the supervisor
+/// closed: exit 0 within TTL + 1 s, closing pair printed, nothing left.
+#[tokio::test]
+async fn elect_exits_on_sigterm_with_stdin_at_end_of_file() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    for stdin in ["closed pipe", "/dev/null"] {
+        let name = unique("cli-eof");
+        let mut elect = if stdin == "/dev/null" {
+            Elect::spawn_with(&etcd.endpoint(), &name, "a", TTL, Stdio::null())
+        } else {
+            Elect::spawn(&etcd.endpoint(), &name, "a", TTL)
+        };
+        drop(elect.stdin.take()); // closes the pipe; nothing with /dev/null
+        elect.until(10.0, "leadership", is_leader).await;
+        let asked = Instant::now();
+        elect.signal(libc::SIGTERM);
+        let (status, events) = elect.exit(10.0).await;
+        let took = asked.elapsed();
+        assert_eq!(status.code(), Some(0), "{stdin}: {events:#?}");
+        assert!(
+            took <= Duration::from_secs(TTL + 1),
+            "{stdin}: exit took {took:?}"
+        );
+        assert_closing_pair(&events);
+        assert_eq!(
+            lease_ids(&client).await,
+            Vec::<i64>::new(),
+            "{stdin}: no lease left"
         );
     }
 }
