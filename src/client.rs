@@ -319,6 +319,11 @@ impl Client {
         self.inner.transport.attempt()
     }
 
+    /// Resolves once calls have moved off the member `attempt` went to.
+    pub(crate) async fn moved_away(&self, attempt: &Attempt) {
+        attempt.moved_away(&self.inner.transport).await
+    }
+
     /// Does what `error`, from a call or stream sent as `attempt`, asks for:
     /// a new token (true: retry at once) or the next member.
     pub(crate) async fn recover(&self, error: &Error, attempt: &Attempt) -> bool {

@@ -121,6 +121,9 @@ pub(crate) async fn run_observe(
         let failure = tokio::select! {
             _ = reports.closed() => return,
             failure = observe_once(&client, &name, &reports) => failure,
+            // Calls moved on (the session found this member silent): follow
+            // them now, rather than once HTTP/2 pings find the stream dead.
+            () = client.moved_away(&attempt) => continue,
         };
         if matches!(failure, Error::WatchCanceled { compact_revision, .. } if compact_revision > 0)
         {

@@ -78,6 +78,8 @@ struct Shared {
     channels: Vec<Channel>,
     /// The member calls go to; moved on by [`Transport::failover_from`].
     current: AtomicUsize,
+    /// Tells long-lived streams that calls moved to another member.
+    moved: tokio::sync::watch::Sender<usize>,
     /// How long a connection, or an authentication, may take.
     dial_timeout: Duration,
     /// Set once the client is closed: calls fail at once.
@@ -172,6 +174,7 @@ impl Transport {
             uris,
             channels,
             current: AtomicUsize::new(current),
+            moved: tokio::sync::watch::Sender::new(current),
             dial_timeout,
             closed: AtomicBool::new(false),
             credentials,
@@ -208,6 +211,7 @@ impl Transport {
             .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if moved && next != index {
+            self.shared.moved.send_replace(next);
             let from = endpoint_list(&self.shared.uris[index..=index]);
             let to = endpoint_list(&self.shared.uris[next..=next]);
             tracing::warn!(target: telemetry::TARGET, %from, %to, "failover to another etcd member");
@@ -308,6 +312,16 @@ impl Transport {
 pub(crate) struct Attempt {
     member: usize,
     token: Option<HeaderValue>,
+}
+
+impl Attempt {
+    /// Resolves once calls have moved off the member this attempt went to:
+    /// a stream still open there (say, on a member behind a blackhole, which
+    /// only HTTP/2 pings would find dead) should follow.
+    pub(crate) async fn moved_away(&self, transport: &Transport) {
+        let mut moved = transport.shared.moved.subscribe();
+        let _ = moved.wait_for(|member| *member != self.member).await;
+    }
 }
 
 /// One endpoint per member, with the dial timeout and HTTP/2 pings.

@@ -776,3 +776,52 @@ async fn foo_ignores_foobar_in_both_layouts() {
     ours.close().await;
     rust_foobar.close().await;
 }
+
+/// A candidate whose member goes silent (a blackhole: only HTTP/2 pings,
+/// after 10 s or more, would find its streams dead) follows its client to
+/// the other member: once back in the race there, it takes over from a
+/// leader that closes within seconds, its observer not left behind.
+#[tokio::test]
+async fn observer_follows_the_client_to_another_member() {
+    let etcd = etcd().await;
+    let direct = client(&etcd).await;
+    let proxies = [
+        etcdutil::testing::Proxy::start(etcd.client_addr())
+            .await
+            .unwrap(),
+        etcdutil::testing::Proxy::start(etcd.client_addr())
+            .await
+            .unwrap(),
+    ];
+    let b_client = etcdutil::Client::connect(etcdutil::Config {
+        endpoints: proxies.iter().map(|p| p.endpoint()).collect(),
+        ..etcd.config()
+    })
+    .await
+    .unwrap();
+    let name = unique("follow");
+    let (a, _a_events) = candidate(&direct, &name, "a", 5).await;
+    let (b, mut b_events) = candidate(&b_client, &name, "b", 2).await;
+    assert!(a.is_leader() && !b.is_leader());
+
+    let in_use = b_client.transport().current_endpoint().to_string();
+    let silent = proxies
+        .iter()
+        .find(|p| in_use.contains(&p.addr().to_string()))
+        .expect("the client uses one of the proxies");
+    silent.blackhole().await.unwrap();
+    // b loses its lease at its deadline, moves to the other member, and is
+    // back in the race behind a.
+    until(&mut b_events, 5.0, "b's lease loss", |e| e.err.is_some()).await;
+    until(&mut b_events, 5.0, "b back behind a", |e| {
+        !e.is_leader && e.leader_data == "a"
+    })
+    .await;
+
+    a.close().await;
+    until(&mut b_events, 5.0, "b leads after a closed", |e| {
+        e.is_leader
+    })
+    .await;
+    b.close().await;
+}
