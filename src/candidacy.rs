@@ -186,7 +186,7 @@ struct Entered {
     as_of_rev: i64,
 }
 
-/// The candidacy Txn in flight, and how its call was sent (for `Transport::recover`).
+/// The candidacy Txn in flight, and how its call was sent (for `Client::recover`).
 type Step = Pin<Box<dyn Future<Output = (Attempt, Result<Entered>)> + Send>>;
 
 /// What the task hears from: the session, the observer, the handle.
