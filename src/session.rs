@@ -581,14 +581,31 @@ fn deadline(sent_at: Instant, ttl: i64) -> Instant {
     sent_at + ttl - safety_margin(ttl)
 }
 
-/// Revokes a lease, best effort, giving up at `deadline`.
+/// Revokes a lease, retrying what another try may mend (a broken connection
+/// to a member that restarted, a token to renew) until `deadline`; then
+/// gives up, and etcd expires the lease at its TTL.
 async fn revoke(client: Client, id: i64, deadline: Instant) {
-    let _ = tokio::time::timeout_at(
-        deadline,
-        client.lease().lease_revoke(LeaseRevokeRequest { id }),
-    )
+    let _ = tokio::time::timeout_at(deadline, async {
+        loop {
+            let attempt = client.attempt();
+            let error = match client.lease().lease_revoke(LeaseRevokeRequest { id }).await {
+                Ok(_) => return,
+                Err(status) => Error::from(status),
+            };
+            // Not found: revoked already, or expired.
+            if matches!(error, Error::LeaseNotFound(_)) || !error.is_retryable() {
+                return;
+            }
+            if !client.recover(&error, &attempt).await {
+                tokio::time::sleep(REVOKE_RETRY).await;
+            }
+        }
+    })
     .await;
 }
+
+/// Pause between two tries of a revoke.
+const REVOKE_RETRY: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
