@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
-use crate::observe::{Leader, Observed, oldest_first, prefix_range, until_deleted};
+use crate::observe::{Leader, Observed, oldest_first, prefix_range, range_op, until_deleted};
 use crate::proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, compare, request_op,
     response_op,
@@ -731,12 +731,6 @@ fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
         range_end: range_end.into(),
         ..oldest_first(limit)
     })
-}
-
-fn range_op(range: RangeRequest) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(range)),
-    }
 }
 
 fn put_op(put: PutRequest) -> RequestOp {

@@ -27,8 +27,8 @@ use tonic::Streaming;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse, range_request,
-    watch_create_request, watch_request,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    range_request, request_op, response_op, watch_create_request, watch_request,
 };
 use crate::proto::mvccpb::{Event, KeyValue, event};
 use crate::transport::require_leader;
@@ -295,10 +295,7 @@ impl KeyWatch {
             return Err(Error::StreamEnded { stream: "Watch" });
         };
         if created.canceled || !created.created {
-            return Err(Error::WatchCanceled {
-                reason: created.cancel_reason,
-                compact_revision: created.compact_revision,
-            });
+            return Err(canceled(created));
         }
         Ok(KeyWatch {
             created_rev: created.header.map_or(0, |h| h.revision),
@@ -314,15 +311,27 @@ impl KeyWatch {
                 return Err(Error::StreamEnded { stream: "Watch" });
             };
             if response.canceled || response.compact_revision > 0 {
-                return Err(Error::WatchCanceled {
-                    reason: response.cancel_reason,
-                    compact_revision: response.compact_revision,
-                });
+                return Err(canceled(response));
             }
             if !response.events.is_empty() {
                 return Ok(response.events);
             }
         }
+    }
+}
+
+/// A Range as one operation of a Txn.
+pub(crate) fn range_op(range: RangeRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(range)),
+    }
+}
+
+/// The error of a watch etcd canceled (or started past a compaction).
+fn canceled(response: WatchResponse) -> Error {
+    Error::WatchCanceled {
+        reason: response.cancel_reason,
+        compact_revision: response.compact_revision,
     }
 }
 
@@ -342,26 +351,36 @@ pub(crate) async fn until_deleted(
         if !client.recover(&error, &attempt).await {
             tokio::time::sleep(retry).await;
         }
-        // Which are left, and as of when, to watch on from there.
-        let mut left = Vec::new();
-        for key in keys {
-            let read = RangeRequest {
-                key: key.clone().into(),
-                count_only: true,
-                ..Default::default()
-            };
-            match client.kv().range(read).await {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    rev = rev.max(response.header.map_or(0, |h| h.revision));
-                    if response.count > 0 {
-                        left.push(key);
-                    }
-                }
-                // Unknown: keep waiting for it.
-                Err(_) => left.push(key),
-            }
-        }
+        // Which are left, as of one revision, to watch on from there: reads
+        // at different revisions could miss a delete between them.
+        let reads = keys
+            .iter()
+            .map(|key| {
+                range_op(RangeRequest {
+                    key: key.clone().into(),
+                    count_only: true,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let txn = TxnRequest {
+            success: reads,
+            ..Default::default()
+        };
+        // Unknown: watch them all again from where we were.
+        let Ok(response) = client.kv().txn(txn).await else {
+            continue;
+        };
+        let response = response.into_inner();
+        rev = response.header.map_or(rev, |h| h.revision);
+        let mut counts = response.responses.into_iter().map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(range)) => range.count,
+            _ => 1,
+        });
+        let left: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter(|_| counts.next().unwrap_or(1) > 0)
+            .collect();
         keys = left;
         if keys.is_empty() {
             return;
