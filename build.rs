@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .build_client(true)
         // Every generated client encodes and decodes through the wire log.
-        .codec_path("crate::wire::WireCodec")
+        .codec_path("crate::client::wire::WireCodec")
         // bytes::Bytes for bytes fields: the wire log prints keys and values
         // as escaped byte strings (b"/elections/..."), and decoding shares
         // the received buffer instead of copying each field.

@@ -25,13 +25,13 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 
 use crate::client::Client;
+use crate::client::transport::require_leader;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
     range_request, request_op, response_op, watch_create_request, watch_request,
 };
 use crate::proto::mvccpb::{Event, KeyValue, event};
-use crate::transport::require_leader;
 
 /// A leader as etcd reports it.
 ///

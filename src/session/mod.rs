@@ -18,6 +18,8 @@
 //! differences between this machine and etcd's leader (ppm, far below it).
 //! Keepalives go every `TTL / 3`, so two may be lost before the deadline comes.
 
+pub(crate) mod keepalive;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,8 +33,8 @@ use tokio::time::Instant;
 pub(crate) use crate::client::close_budget;
 use crate::client::{Client, Closable, Registration};
 use crate::error::{Error, Result};
-use crate::keepalive::LeaseNews;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use crate::session::keepalive::LeaseNews;
 use crate::telemetry;
 
 /// The lease id reported when the session holds no lease.

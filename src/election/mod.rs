@@ -33,6 +33,9 @@
 //! entered before ours is read in the same Txn that enters ours, and we do
 //! not lead until its key is gone (we watch it).
 
+mod candidacy;
+pub(crate) mod observe;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,11 +46,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::candidacy::{Command, Inputs, RETRY, Shared, Task, created_at};
 use crate::client::{Client, Closable};
+use crate::election::candidacy::{Command, Inputs, RETRY, Shared, Task, created_at};
+use crate::election::observe::{Leader, Observed, Report, run_observe};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
-use crate::observe::{Leader, Observed, Report, run_observe};
 use crate::proto::etcdserverpb::{RequestOp, TxnRequest, TxnResponse, request_op, response_op};
 use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest};
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};

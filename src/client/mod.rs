@@ -1,5 +1,11 @@
 //! The connection to etcd and the raw gRPC clients it hands out.
 
+pub(crate) mod config;
+pub(crate) mod parse;
+pub(crate) mod tls;
+pub(crate) mod transport;
+pub(crate) mod wire;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,16 +14,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-use crate::config::{self, Config};
+use crate::client::config::Config;
+use crate::client::transport::{Attempt, Transport};
 use crate::error::{Error, Result};
-use crate::keepalive::KeepAlive;
 use crate::proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use crate::proto::v3electionpb::election_client::ElectionClient;
-use crate::transport::{Attempt, Transport};
-use crate::{tls, wire};
+use crate::session::keepalive::KeepAlive;
 
 /// Creates a [`Client`] from `cfg`, its blanks filled from the `ETCD3_*`
 /// environment variables (see [`new_config`](crate::new_config)).
@@ -183,7 +188,7 @@ impl Client {
             Ok(renewed) => renewed?,
             Err(_) => {
                 return Err(Error::Connect {
-                    endpoints: crate::transport::endpoint_list(&setup.uris),
+                    endpoints: crate::client::transport::endpoint_list(&setup.uris),
                     timeout: setup.dial_timeout,
                     source: None,
                 });

@@ -167,15 +167,16 @@ fn certified_key(
 }
 
 /// The system's root certificates (`rustls-native-certs`, which also honours
-/// `SSL_CERT_FILE` and `SSL_CERT_DIR`). Some unreadable ones are only logged.
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`). Some unreadable ones are only logged,
+/// under the tracing target `etcdutil::tls` this module had before `client/`.
 fn add_system_roots(roots: &mut RootCertStore) -> Result<(), ConfigError> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
-        tracing::warn!(%error, "cannot load some of the system's root certificates");
+        tracing::warn!(target: "etcdutil::tls", %error, "cannot load some of the system's root certificates");
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     if ignored > 0 {
-        tracing::warn!(ignored, "ignored unparsable system root certificates");
+        tracing::warn!(target: "etcdutil::tls", ignored, "ignored unparsable system root certificates");
     }
     if added == 0 {
         let source = native

@@ -36,9 +36,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::Client;
+use crate::client::transport::Attempt;
+use crate::election::observe::{
+    Leader, Observed, oldest_first, prefix_range, range_op, until_deleted,
+};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
-use crate::observe::{Leader, Observed, oldest_first, prefix_range, range_op, until_deleted};
 use crate::proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, compare, request_op,
     response_op,
@@ -47,7 +50,6 @@ use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
 use crate::session::{NO_LEASE, Session, close_budget};
 use crate::telemetry;
-use crate::transport::Attempt;
 
 /// What the handle and the session's observer share with the election task.
 pub(crate) struct Shared {

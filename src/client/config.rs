@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::client::parse::{Endpoint, Scheme, parse_endpoint, parse_go_duration};
+use crate::client::tls::{self, FileNames, TlsConfig};
 use crate::error::ConfigError;
-use crate::parse::{Endpoint, Scheme, parse_endpoint, parse_go_duration};
-use crate::tls::{self, FileNames, TlsConfig};
 
 /// Comma-separated endpoints: `host:port` or `http(s)://host:port`.
 ///

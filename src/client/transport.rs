@@ -30,12 +30,13 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
+use crate::client::wire;
 use crate::error::{ClientClosed, Error, Result, SharedError};
 use crate::proto::etcdserverpb::{
     AuthenticateRequest, StatusRequest, auth_client::AuthClient,
     maintenance_client::MaintenanceClient,
 };
-use crate::{telemetry, wire};
+use crate::telemetry;
 
 /// A request for a long-lived stream, with etcd's require-leader metadata:
 /// a member cut off from its cluster's leader then fails the stream instead

@@ -13,12 +13,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::client::transport::{Attempt, Transport, require_leader};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, lease_client::LeaseClient,
 };
 use crate::telemetry;
-use crate::transport::{Attempt, Transport, require_leader};
 
 /// What the keeper tells a lease's owner. Only the latest news matters (a
 /// newer renewal supersedes an older one, a loss is final), so this is one

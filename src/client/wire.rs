@@ -104,14 +104,9 @@ fn redacted_debug<T: Debug + Clone + 'static>(message: &T) -> String {
 }
 
 /// The prost codec, logging every message it encodes or decodes. `build.rs`
-/// makes every generated client use it; there is no need to name it.
-///
-/// ```
-/// use etcdutil::proto::etcdserverpb::{PutRequest, PutResponse};
-/// let codec: etcdutil::WireCodec<PutRequest, PutResponse> = Default::default();
-/// ```
+/// makes every generated client use it.
 #[derive(Debug, Clone)]
-pub struct WireCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct WireCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for WireCodec<T, U> {
     fn default() -> Self {
@@ -139,14 +134,8 @@ where
 }
 
 /// Encodes with prost and logs the request.
-///
-/// ```
-/// use tonic::codec::Codec;
-/// use etcdutil::proto::etcdserverpb::{PutRequest, PutResponse};
-/// let encoder = etcdutil::WireCodec::<PutRequest, PutResponse>::default().encoder();
-/// ```
 #[derive(Debug)]
-pub struct WireEncoder<T>(ProstEncoder<T>);
+pub(crate) struct WireEncoder<T>(ProstEncoder<T>);
 
 impl<T: Message + Debug + Clone + 'static> Encoder for WireEncoder<T> {
     type Item = T;
@@ -169,14 +158,8 @@ impl<T: Message + Debug + Clone + 'static> Encoder for WireEncoder<T> {
 }
 
 /// Decodes with prost and logs the response.
-///
-/// ```
-/// use tonic::codec::Codec;
-/// use etcdutil::proto::etcdserverpb::{PutRequest, PutResponse};
-/// let decoder = etcdutil::WireCodec::<PutRequest, PutResponse>::default().decoder();
-/// ```
 #[derive(Debug)]
-pub struct WireDecoder<U>(ProstDecoder<U>);
+pub(crate) struct WireDecoder<U>(ProstDecoder<U>);
 
 impl<U: Message + Debug + Clone + Default + 'static> Decoder for WireDecoder<U> {
     type Item = U;
@@ -204,6 +187,15 @@ impl<U: Message + Debug + Clone + Default + 'static> Decoder for WireDecoder<U> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::etcdserverpb::{PutRequest, PutResponse};
+
+    /// The codec hands out its logging encoder and decoder.
+    #[test]
+    fn the_codec_makes_its_encoder_and_decoder() {
+        let mut codec: WireCodec<PutRequest, PutResponse> = Default::default();
+        let _encoder: WireEncoder<PutRequest> = codec.encoder();
+        let _decoder: WireDecoder<PutResponse> = codec.decoder();
+    }
 
     #[test]
     fn secrets_are_redacted() {
