@@ -31,6 +31,8 @@
 //! - `client/`: the connection to etcd.
 //!   - `mod.rs`: [`Client`], the connection, handing out the raw gRPC clients.
 //!   - `transport.rs`: [`Transport`], one HTTP/2 channel per member: failover, auth token, renewal.
+//!   - `txn.rs`: the Txn and Range request builders: Range and Put operations,
+//!     oldest-first ranges, create-revision compares.
 //!   - `config.rs` ([`new_config`]): [`Config`] and the `ETCD3_*` variables it is filled from.
 //!   - `parse.rs`: the settings' two text formats, etcd endpoints and Go durations.
 //!   - `tls.rs`: [`TlsConfig`] and the rustls client configuration built from it.
@@ -40,8 +42,10 @@
 //!   - `core.rs`: the pure lease core: grants, keepalive deadlines, loss.
 //!   - `keepalive.rs`: the one `LeaseKeepAlive` stream a client shares among all its sessions.
 //! - `election/`: leader election.
-//!   - `mod.rs`: [`Election`], [`LeaderElector`], [`AlwaysLeaderMock`], [`observe`] and [`leader`].
-//!   - `core.rs`: the pure candidacy core (sans-IO): every decision that makes `is_leader()` true or false.
+//!   - `mod.rs`: [`Election`], [`LeaderElector`], [`AlwaysLeaderMock`], [`observe`](fn@observe)
+//!     and [`leader`].
+//!   - `core.rs`: the pure candidacy core (sans-IO): every decision that makes
+//!     `is_leader()` true or false.
 //!   - `candidacy.rs`: the task behind an [`Election`], a state machine with a
 //!     transition table in its docs.
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].

@@ -4,6 +4,7 @@ pub(crate) mod config;
 pub(crate) mod parse;
 pub(crate) mod tls;
 pub(crate) mod transport;
+pub(crate) mod txn;
 pub(crate) mod wire;
 
 use std::collections::HashMap;

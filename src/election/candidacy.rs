@@ -37,14 +37,12 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::client::transport::Attempt;
-use crate::election::observe::{
-    Leader, Observed, oldest_first, prefix_range, range_op, until_deleted,
-};
+use crate::client::txn::{created_at, oldest_first, oldest_in, prefix_range, put_op, range_op};
+use crate::election::observe::{Leader, Observed, until_deleted};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
 use crate::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, compare, request_op,
-    response_op,
+    PutRequest, RangeRequest, RangeResponse, TxnRequest, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
@@ -136,17 +134,6 @@ pub(crate) enum Command {
     Concede(oneshot::Sender<Result<bool>>),
     /// Close, finishing by this instant.
     Close(Instant),
-}
-
-/// A Txn compare: `key` was created at revision `rev` (0: does not exist).
-pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
-    Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Create as i32,
-        key: key.into(),
-        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
-        range_end: Default::default(),
-    }
 }
 
 /// Retry a failed candidacy Txn or watch after this long.
@@ -722,22 +709,6 @@ async fn go_candidates_before(
             ..oldest_first(GO_PAGE)
         };
         page = client.kv().range(request).await?.into_inner();
-    }
-}
-
-/// A Range of the keys from `range.0` up to `range.1`, oldest first, at most `limit`.
-fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
-    let (key, range_end) = range;
-    range_op(RangeRequest {
-        key: key.into(),
-        range_end: range_end.into(),
-        ..oldest_first(limit)
-    })
-}
-
-fn put_op(put: PutRequest) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(put)),
     }
 }
 

@@ -46,8 +46,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::client::txn::created_at;
 use crate::client::{Client, Closable};
-use crate::election::candidacy::{Command, Inputs, RETRY, Shared, Task, created_at};
+use crate::election::candidacy::{Command, Inputs, RETRY, Shared, Task};
 use crate::election::observe::{Leader, Observed, Report, run_observe};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};

@@ -26,10 +26,11 @@ use tonic::Streaming;
 
 use crate::client::Client;
 use crate::client::transport::require_leader;
+use crate::client::txn::{oldest_first, prefix_range, range_op};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
-    range_request, request_op, response_op, watch_create_request, watch_request,
+    RangeRequest, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse, response_op,
+    watch_create_request, watch_request,
 };
 use crate::proto::mvccpb::{Event, KeyValue, event};
 
@@ -84,25 +85,6 @@ pub(crate) enum Observed {
     Watching,
     /// The leader now.
     Report(Report),
-}
-
-/// Every key that starts with `prefix`: the range from it to its successor.
-pub(crate) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
-    let prefix = prefix.as_bytes().to_vec();
-    let mut end = prefix.clone();
-    *end.last_mut().expect("not empty") += 1;
-    (prefix, end)
-}
-
-/// A Range request sorted by create revision, oldest first, at most `limit`
-/// keys (0: all).
-pub(crate) fn oldest_first(limit: i64) -> RangeRequest {
-    RangeRequest {
-        limit,
-        sort_order: range_request::SortOrder::Ascend as i32,
-        sort_target: range_request::SortTarget::Create as i32,
-        ..Default::default()
-    }
 }
 
 /// Reports the leader of the election `name` (its key prefix) to `reports`
@@ -317,13 +299,6 @@ impl KeyWatch {
                 return Ok(response.events);
             }
         }
-    }
-}
-
-/// A Range as one operation of a Txn.
-pub(crate) fn range_op(range: RangeRequest) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(range)),
     }
 }
 

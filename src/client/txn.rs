@@ -1,0 +1,60 @@
+//! Builders of Txn and Range requests, in one place: Range and Put
+//! operations, ranges sorted oldest first, and the create-revision compare.
+
+use crate::proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, compare, range_request, request_op,
+};
+
+/// Every key that starts with `prefix`: the range from it to its successor.
+pub(crate) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let prefix = prefix.as_bytes().to_vec();
+    let mut end = prefix.clone();
+    *end.last_mut().expect("not empty") += 1;
+    (prefix, end)
+}
+
+/// A Range request sorted by create revision, oldest first, at most `limit`
+/// keys (0: all).
+pub(crate) fn oldest_first(limit: i64) -> RangeRequest {
+    RangeRequest {
+        limit,
+        sort_order: range_request::SortOrder::Ascend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        ..Default::default()
+    }
+}
+
+/// A Range of the keys from `range.0` up to `range.1`, oldest first, at most `limit`.
+pub(crate) fn oldest_in(range: (Vec<u8>, Vec<u8>), limit: i64) -> RequestOp {
+    let (key, range_end) = range;
+    range_op(RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..oldest_first(limit)
+    })
+}
+
+/// A Range as one operation of a Txn.
+pub(crate) fn range_op(range: RangeRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(range)),
+    }
+}
+
+/// A Put as one operation of a Txn.
+pub(crate) fn put_op(put: PutRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put)),
+    }
+}
+
+/// A Txn compare: `key` was created at revision `rev` (0: does not exist).
+pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.into(),
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        range_end: Default::default(),
+    }
+}
