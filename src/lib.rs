@@ -46,9 +46,12 @@
 //!     and [`leader`].
 //!   - `core.rs`: the pure candidacy core (sans-IO): every decision that makes
 //!     `is_leader()` true or false.
-//!   - `candidacy.rs`: the task behind an [`Election`], a state machine with a
-//!     transition table in its docs.
+//!   - `candidacy.rs`: the task behind an [`Election`]: a thin driver that
+//!     feeds the core and executes its actions, and the glue between etcd's
+//!     messages and the core's inputs.
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].
+//! - `sabotage.rs`: the ways the simulator breaks the cores on purpose, to
+//!   prove it catches each.
 //! - `error.rs`: [`Error`], one type for all of it, and [`ConfigError`], the settings' part.
 //! - `event.rs`: [`ElectionEvent`] and [`EventObserver`].
 //! - `telemetry.rs`: metrics (feature `metrics`) and state-change events for
@@ -70,6 +73,7 @@ mod election;
 mod error;
 mod event;
 pub mod proto;
+mod sabotage;
 mod session;
 mod telemetry;
 

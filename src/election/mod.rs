@@ -33,13 +33,13 @@
 //! entered before ours is read in the same Txn that enters ours, and we do
 //! not lead until its key is gone (we watch it).
 
-mod candidacy;
+pub(crate) mod candidacy;
+pub(crate) mod core;
 pub(crate) mod observe;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -356,21 +356,16 @@ impl Election {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
         let shared = Arc::new(Shared::new(name.clone(), config.event_observer));
-        let (lease_tx, leases) = mpsc::unbounded_channel();
         let session_shared = shared.clone();
         let session = Session::start(
             client,
             SessionConfig {
                 ttl,
+                // The core steps down here, in the session's own call,
+                // before etcd can expire the lease.
                 observer: Arc::new(move |lease, error| {
-                    let mut state = session_shared.state.lock().expect("state lock");
-                    if lease == NO_LEASE {
-                        // Step down here, in the session's own call, before
-                        // etcd can expire the lease.
-                        session_shared.step_down(&mut state);
-                    }
-                    state.lease = lease;
-                    let _ = lease_tx.send((lease, error));
+                    let lease = (lease != NO_LEASE).then_some(lease);
+                    session_shared.input_and_wake(|core| core.on_lease(lease, error));
                 }),
             },
         )?;
@@ -395,7 +390,6 @@ impl Election {
             session,
         );
         let inputs = Inputs {
-            leases,
             reports,
             commands: command_rx,
         };
@@ -428,7 +422,7 @@ impl Election {
     /// # fn f(e: &etcdutil::Election) { if e.is_leader() { /* lead */ } }
     /// ```
     pub fn is_leader(&self) -> bool {
-        self.shared.is_leader.load(Ordering::SeqCst)
+        self.shared.is_leader()
     }
 
     /// Our term while we lead: etcd's LeaderKey `{name, key, rev, lease}`,
@@ -440,8 +434,7 @@ impl Election {
     /// # }
     /// ```
     pub fn leader_key(&self) -> Option<LeaderKey> {
-        let state = self.shared.state.lock().expect("state lock");
-        state.term.clone().filter(|_| self.is_leader())
+        self.shared.term()
     }
 
     /// A receiver of every event from now on, in order.

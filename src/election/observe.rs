@@ -72,10 +72,12 @@ impl Leader {
 
 /// One observation: the leader, or `None` when the election has no
 /// candidate, as of revision `as_of_rev`.
-#[derive(Clone, Debug)]
-pub(crate) struct Report {
-    pub(crate) leader: Option<Leader>,
-    pub(crate) as_of_rev: i64,
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The oldest candidate, if any.
+    pub leader: Option<Leader>,
+    /// The revision this is current as of.
+    pub as_of_rev: i64,
 }
 
 /// What the observer tells.
@@ -139,35 +141,22 @@ async fn observe_once(
     name: &str,
     reports: &mpsc::UnboundedSender<Result<Observed>>,
 ) -> Error {
-    let (key, range_end) = prefix_range(&format!("{name}/"));
-    let mut watch = match KeyWatch::open(client, key.clone(), range_end.clone(), 0, vec![]).await {
+    let watch = Follower::watch_request(name);
+    let mut watch = match KeyWatch::open(client, watch).await {
         Ok(watch) => watch,
         Err(error) => return error,
     };
-    // Every change after this revision comes on the watch.
     let revision = watch.created_rev;
     if reports.send(Ok(Observed::Watching)).is_err() {
         return Error::StreamEnded { stream: "Observe" };
     }
-    // As of a revision this member has applied (it created the watch there):
-    // a serializable read is consistent, and spares a round of consensus.
-    let read = RangeRequest {
-        key: key.into(),
-        range_end: range_end.into(),
-        revision,
-        serializable: true,
-        ..oldest_first(0)
-    };
-    let response = match client.kv().range(read).await {
-        Ok(response) => response.into_inner(),
+    let read = Follower::read_request(name, revision);
+    let kvs = match client.kv().range(read).await {
+        Ok(response) => response.into_inner().kvs,
         Err(status) => return status.into(),
     };
-    let mut candidates = Candidates(response.kvs);
-    let mut reported = candidates.report(revision);
-    if reports
-        .send(Ok(Observed::Report(reported.clone())))
-        .is_err()
-    {
+    let (mut follower, report) = Follower::new(name, revision, kvs);
+    if reports.send(Ok(Observed::Report(report))).is_err() {
         return Error::StreamEnded { stream: "Observe" };
     }
     loop {
@@ -175,59 +164,113 @@ async fn observe_once(
             Ok(events) => events,
             Err(error) => return error,
         };
-        // Changes up to the read's revision are in the read already.
-        let events: Vec<Event> = events
-            .into_iter()
-            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision > revision))
-            .collect();
-        let Some(as_of_rev) = events
-            .iter()
-            .filter_map(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision)
-            .max()
-        else {
-            continue;
-        };
-        for event in events {
-            candidates.apply(event);
-        }
-        let report = candidates.report(as_of_rev);
-        let same = |a: &Option<Leader>, b: &Option<Leader>| match (a, b) {
-            (Some(a), Some(b)) => (&a.key, &a.data, a.rev) == (&b.key, &b.data, b.rev),
-            (None, None) => true,
-            _ => false,
-        };
-        if same(&report.leader, &reported.leader) {
-            continue;
-        }
-        reported = report;
-        if reports
-            .send(Ok(Observed::Report(reported.clone())))
-            .is_err()
+        if let Some(report) = follower.on_events(events)
+            && reports.send(Ok(Observed::Report(report))).is_err()
         {
             return Error::StreamEnded { stream: "Observe" };
         }
     }
 }
 
-/// An election's candidate keys, oldest first.
-struct Candidates(Vec<KeyValue>);
+/// Who leads, from a read of the candidates and the watch's events after
+/// it: the observer's decisions, with no I/O, so the simulator follows an
+/// election exactly as `run_observe` does.
+///
+/// The leader is the candidate key under `<name>/` with the lowest create
+/// revision. A report goes out only when the leader, or its data, changed,
+/// as of the revision of the event that changed it.
+#[derive(Clone, Debug)]
+pub struct Follower {
+    /// The read's revision: events up to it are in the read already.
+    read_rev: i64,
+    /// The candidates, oldest first.
+    candidates: Vec<KeyValue>,
+    /// The last report's leader.
+    reported: Option<Leader>,
+}
 
-impl Candidates {
+impl Follower {
+    /// The Watch to open first: every candidate key, from now on.
+    pub fn watch_request(name: &str) -> WatchCreateRequest {
+        let (key, range_end) = prefix_range(&format!("{name}/"));
+        WatchCreateRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The read that follows: every candidate, oldest first, as of the
+    /// revision the watch was created at. Serializable: the member that
+    /// created the watch there has applied it, and this spares a round of
+    /// consensus.
+    pub fn read_request(name: &str, revision: i64) -> RangeRequest {
+        let (key, range_end) = prefix_range(&format!("{name}/"));
+        RangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            revision,
+            serializable: true,
+            ..oldest_first(0)
+        }
+    }
+
+    /// Follows from the read's answer, `kvs` as of `revision`; the first report.
+    pub fn new(name: &str, revision: i64, kvs: Vec<KeyValue>) -> (Follower, Report) {
+        let _ = name;
+        let mut follower = Follower {
+            read_rev: revision,
+            candidates: kvs,
+            reported: None,
+        };
+        let report = follower.report(revision);
+        follower.reported = report.leader.clone();
+        (follower, report)
+    }
+
+    /// The watch's next events; a report if the leader or its data changed.
+    pub fn on_events(&mut self, events: Vec<Event>) -> Option<Report> {
+        // Changes up to the read's revision are in the read already.
+        let read_rev = self.read_rev;
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision > read_rev))
+            .collect();
+        let as_of_rev = events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            .max()?;
+        for event in events {
+            self.apply(event);
+        }
+        let report = self.report(as_of_rev);
+        let same = match (&report.leader, &self.reported) {
+            (Some(a), Some(b)) => (&a.key, &a.data, a.rev) == (&b.key, &b.data, b.rev),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return None;
+        }
+        self.reported = report.leader.clone();
+        Some(report)
+    }
+
     fn apply(&mut self, event: Event) {
         let Some(kv) = event.kv else { return };
-        self.0.retain(|candidate| candidate.key != kv.key);
+        self.candidates.retain(|candidate| candidate.key != kv.key);
         if event.r#type == event::EventType::Put as i32 {
             let at = self
-                .0
+                .candidates
                 .partition_point(|c| (c.create_revision, &c.key) < (kv.create_revision, &kv.key));
-            self.0.insert(at, kv);
+            self.candidates.insert(at, kv);
         }
     }
 
     fn report(&self, as_of_rev: i64) -> Report {
         Report {
-            leader: self.0.first().map(|kv| Leader::new(kv, as_of_rev)),
+            leader: self.candidates.first().map(|kv| Leader::new(kv, as_of_rev)),
             as_of_rev,
         }
     }
@@ -243,23 +286,9 @@ pub(crate) struct KeyWatch {
 }
 
 impl KeyWatch {
-    /// Watches from revision `start_rev` (0: from now on), leaving out events
-    /// of the `filters` types; returns once etcd created the watch.
-    pub(crate) async fn open(
-        client: &Client,
-        key: Vec<u8>,
-        range_end: Vec<u8>,
-        start_rev: i64,
-        filters: Vec<watch_create_request::FilterType>,
-    ) -> Result<KeyWatch> {
+    /// Opens the watch `create` asks for; returns once etcd created it.
+    pub(crate) async fn open(client: &Client, create: WatchCreateRequest) -> Result<KeyWatch> {
         let (requests, outgoing) = mpsc::channel(1);
-        let create = WatchCreateRequest {
-            key: key.into(),
-            range_end: range_end.into(),
-            start_revision: start_rev,
-            filters: filters.into_iter().map(|f| f as i32).collect(),
-            ..Default::default()
-        };
         let request = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
         };
@@ -364,13 +393,9 @@ pub(crate) async fn until_deleted(
 }
 
 /// Watches `keys` from after `rev`, removing each as it is deleted; Ok once
-/// none is left. One watch over the range that spans them, deletes only.
+/// none is left.
 async fn watch_deletes(client: &Client, keys: &mut Vec<Vec<u8>>, rev: i64) -> Result<()> {
-    let first = keys.iter().min().cloned().unwrap_or_default();
-    let mut last = keys.iter().max().cloned().unwrap_or_default();
-    last.push(0); // the range end is exclusive
-    let filters = vec![watch_create_request::FilterType::Noput];
-    let mut watch = KeyWatch::open(client, first, last, rev + 1, filters).await?;
+    let mut watch = KeyWatch::open(client, deletes_watch(keys, rev)).await?;
     while !keys.is_empty() {
         for event in watch.next().await? {
             if let Some(kv) = event.kv {
@@ -379,4 +404,19 @@ async fn watch_deletes(client: &Client, keys: &mut Vec<Vec<u8>>, rev: i64) -> Re
         }
     }
     Ok(())
+}
+
+/// One watch of the deletes of `keys` after revision `rev`, over the range
+/// that spans them.
+pub fn deletes_watch(keys: &[Vec<u8>], rev: i64) -> WatchCreateRequest {
+    let first = keys.iter().min().cloned().unwrap_or_default();
+    let mut last = keys.iter().max().cloned().unwrap_or_default();
+    last.push(0); // the range end is exclusive
+    WatchCreateRequest {
+        key: first.into(),
+        range_end: last.into(),
+        start_revision: rev + 1,
+        filters: vec![watch_create_request::FilterType::Noput as i32],
+        ..Default::default()
+    }
 }

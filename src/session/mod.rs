@@ -1,23 +1,11 @@
 //! A lease kept alive: the life of a candidate.
 //!
-//! # When is a lease lost?
-//!
-//! etcd expires a lease `TTL` seconds after the leader last renewed it, and it
-//! renews it only after our keepalive request reached it. So a lease renewed in
-//! answer to a request we sent at `sent_at` lives on etcd at least until
-//! `sent_at + TTL`. The session takes its lease for lost at
-//!
-//! ```text
-//! deadline = sent_at(last answered keepalive) + TTL - margin,   margin = clamp(TTL / 6, 100 ms, 2 s)
-//! ```
-//!
-//! and reports `NO_LEASE` then, whether or not it has heard anything, so the
-//! holder steps down *before* etcd can expire the lease and let another
-//! candidate win. The margin absorbs what sits between the deadline and the
-//! holder acting on it: a late timer, the observer's own work, and clock-rate
-//! differences between this machine and etcd's leader (ppm, far below it).
-//! Keepalives go every `TTL / 3`, so two may be lost before the deadline comes.
+//! Every decision (when to grant, when the lease is lost, what to revoke) is
+//! the lease core's (`session/core.rs`, which also states the deadline rule);
+//! the session's task only executes what the core asks for and feeds it the
+//! answers.
 
+pub(crate) mod core;
 pub(crate) mod keepalive;
 
 use std::future::Future;
@@ -31,9 +19,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub(crate) use crate::client::close_budget;
+use crate::client::transport::Attempt;
 use crate::client::{Client, Closable, Registration};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use crate::session::core::{LeaseAction, LeaseCore};
 use crate::session::keepalive::LeaseNews;
 use crate::telemetry;
 
@@ -59,14 +49,6 @@ pub const DEFAULT_SESSION_TTL: i64 = 30;
 /// let ttl = 86_400.min(etcdutil::MAX_LEASE_TTL);
 /// ```
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
-/// Retry after a failed grant: from 500 ms, doubling, up to the TTL or
-/// [`MAX_BACKOFF`], whichever is shorter.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-
-/// The longest pause between grants: a service started before etcd holds a
-/// lease within 3 s of etcd coming up, whatever its TTL.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Called with the lease id on every gain, and with [`NO_LEASE`] (and the
 /// error that caused it, if any) on every loss. Calls never overlap and come
@@ -111,11 +93,6 @@ impl std::fmt::Debug for SessionConfig {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
-}
-
-/// The safety margin of the deadline rule in the module docs.
-pub(crate) fn safety_margin(ttl: Duration) -> Duration {
-    (ttl / 6).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Checks a TTL in seconds (0 meaning `default`) and returns the one to use.
@@ -232,10 +209,14 @@ impl Session {
         let worker = Worker {
             client: client.clone(),
             ttl,
+            core: LeaseCore::new(ttl, Instant::now()),
             observer: config.observer,
             lease: lease_tx,
             control: control.clone(),
             resets_seen: 0,
+            granting: None,
+            attempt: client.attempt(),
+            news: None,
             revokes: None,
         };
         tokio::spawn(worker.run());
@@ -353,21 +334,24 @@ impl Drop for Session {
     }
 }
 
-/// How a held lease ended.
-enum End {
-    /// Lost, with the earliest moment etcd may expire the lease.
-    Lost(Error, Instant),
-    Reset,
-    Close,
-}
+/// A grant in flight: when it was sent, and its answer (lease id and TTL).
+type Granting = Pin<Box<dyn Future<Output = (Instant, Result<(i64, i64)>)> + Send>>;
 
+/// The session's task: runs the lease core's actions and feeds it the answers.
 struct Worker {
     client: Client,
     ttl: i64,
+    core: LeaseCore,
     observer: SessionObserver,
     lease: watch::Sender<i64>,
     control: Arc<Control>,
     resets_seen: u64,
+    /// The grant in flight, and how its call (and the keepalives of the
+    /// lease it brings) reach etcd: a failure moves calls off that member.
+    granting: Option<Granting>,
+    attempt: Attempt,
+    /// What the shared keepalive stream says of the lease held.
+    news: Option<(i64, Arc<LeaseNews>)>,
     /// Revokes of leases given up (lost or reset) that may still run:
     /// closing waits for them, so that no lease outlives `close()`. Made on
     /// first use: most sessions never give a lease up.
@@ -391,19 +375,53 @@ async fn next_command(control: &Control, resets_seen: &mut u64) -> Command {
 }
 
 impl Worker {
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(self.ttl as u64)
-    }
-
     fn report(&self, lease: i64, error: Option<Error>) {
         self.lease.send_replace(lease);
         (self.observer)(lease, error);
     }
 
     async fn run(mut self) {
-        self.work().await;
-        // Leases given up before the close: their revokes must end first.
+        self.core.start(Instant::now());
+        loop {
+            self.execute().await;
+            let timer = self.core.next_timer();
+            let now = tokio::select! {
+                biased;
+                command = next_command(&self.control, &mut self.resets_seen) => match command {
+                    Command::Reset => {
+                        self.core.on_reset(Instant::now());
+                        continue;
+                    }
+                    Command::Close => break,
+                },
+                () = async { self.news.as_ref().expect("guarded").1.changed().await }, if self.news.is_some() => {
+                    let (id, news) = self.news.clone().expect("guarded");
+                    match news.take() {
+                        Ok(Some((sent_at, ttl))) => self.core.on_renewed(Instant::now(), id, sent_at, ttl),
+                        Ok(None) => {}
+                        Err(error) => self.core.on_keepalive_failed(Instant::now(), id, error),
+                    }
+                    continue;
+                }
+                (sent_at, granted) = async { self.granting.as_mut().expect("guarded").await }, if self.granting.is_some() => {
+                    // Dropped here: a session holding its lease should not
+                    // carry the finished grant's buffers (10,000 sessions add up).
+                    self.granting = None;
+                    match granted {
+                        Ok((id, ttl)) => self.core.on_granted(Instant::now(), sent_at, id, ttl),
+                        Err(error) => self.core.on_grant_failed(Instant::now(), error),
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Instant::now(),
+            };
+            self.core.on_timer(now);
+        }
+        // Close: the core gives the lease up; its revoke, and those of leases
+        // given up before, must end first.
         let deadline = self.close_deadline();
+        self.core.on_close(deadline);
+        self.execute().await;
         if let Some(revokes) = &mut self.revokes {
             let _ = tokio::time::timeout_at(deadline, async {
                 while revokes.join_next().await.is_some() {}
@@ -420,64 +438,44 @@ impl Worker {
             .take();
     }
 
-    async fn work(&mut self) {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            // How the grant, and then the keepalives, reach etcd: a failure
-            // moves calls off that member (once, however many sessions saw it).
-            let attempt = self.client.attempt();
-            let mut granting = Box::pin(grant(self.client.clone(), self.ttl));
-            let granted = tokio::select! {
-                biased;
-                command = next_command(&self.control, &mut self.resets_seen) => {
-                    // A grant etcd may already have applied: let it finish,
-                    // and revoke what it got.
-                    let deadline = match command {
-                        Command::Reset => Instant::now() + self.ttl(),
-                        Command::Close => self.close_deadline(),
-                    };
-                    let client = self.client.clone();
-                    self.background(async move {
-                        if let Ok(Ok((id, _, _))) = tokio::time::timeout_at(deadline, granting).await {
-                            revoke(client, id, deadline).await;
-                        }
-                    });
-                    match command {
-                        Command::Reset => continue,
-                        Command::Close => break,
-                    }
+    /// Executes the actions the core queued, in order.
+    async fn execute(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                LeaseAction::Grant { ttl } => {
+                    self.attempt = self.client.attempt();
+                    self.granting = Some(Box::pin(grant(self.client.clone(), ttl)));
                 }
-                granted = &mut granting => granted,
-            };
-            // Boxed and dropped here: a session holding its lease should not
-            // carry the finished grant's buffers (10,000 sessions add up).
-            drop(granting);
-            let (id, ttl, sent_at) = match granted {
-                Ok(granted) => granted,
-                Err(error) => {
-                    self.client.recover(&error, &attempt).await;
+                LeaseAction::KeepAlive {
+                    id,
+                    ttl,
+                    granted_at,
+                } => {
+                    let news = self.client.keepalive().add(id, ttl, granted_at);
+                    self.news = Some((id, news));
+                }
+                LeaseAction::StopKeepAlive { id } => {
+                    self.client.keepalive().remove(id);
+                    self.news = None;
+                }
+                LeaseAction::Gained { id } => self.report(id, None),
+                LeaseAction::Failed { error } => {
+                    self.client.recover(&error, &self.attempt).await;
                     self.report(NO_LEASE, Some(error));
-                    if !self.pause(backoff).await {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(self.ttl()).min(MAX_BACKOFF);
-                    continue;
                 }
-            };
-            backoff = FIRST_BACKOFF;
-            let news = self.client.keepalive().add(id, ttl, sent_at);
-            self.report(id, None);
-            let end = self.hold(id, deadline(sent_at, ttl), &news).await;
-            self.client.keepalive().remove(id);
-            match end {
-                End::Lost(error, etcd_expires_at) => {
+                LeaseAction::Lost {
+                    id,
+                    error,
+                    etcd_may_expire_at,
+                } => {
                     let reason = match &error {
                         Error::LeaseDeadline { .. } => "keepalive_deadline",
                         Error::LeaseExpired { .. } => "expired",
                         Error::LeaseNotFound(_) => "revoked",
                         _ => "stream_error",
                     };
-                    let before_expiry = etcd_expires_at.saturating_duration_since(Instant::now());
+                    let before_expiry =
+                        etcd_may_expire_at.saturating_duration_since(Instant::now());
                     tracing::warn!(
                         target: telemetry::TARGET,
                         lease = %format_args!("{id:x}"),
@@ -489,20 +487,25 @@ impl Worker {
                     telemetry::lease_lost(reason);
                     let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
-                    self.client.recover(&hint, &attempt).await;
-                    // The lease may still live on etcd (say, the network hangs):
-                    // revoke it, so its keys go as soon as etcd hears us.
-                    let deadline = Instant::now() + self.ttl();
-                    self.background(revoke(self.client.clone(), id, deadline));
+                    self.client.recover(&hint, &self.attempt).await;
                 }
-                End::Reset => {
-                    self.report(NO_LEASE, None);
-                    let deadline = Instant::now() + self.ttl();
-                    self.background(revoke(self.client.clone(), id, deadline));
+                LeaseAction::Reset { .. } => self.report(NO_LEASE, None),
+                LeaseAction::Revoke { id, by } => {
+                    self.background(revoke(self.client.clone(), id, by));
                 }
-                End::Close => {
-                    revoke(self.client.clone(), id, self.close_deadline()).await;
-                    break;
+                LeaseAction::RevokeGrant { by } => {
+                    // A grant etcd may already have applied: let it finish,
+                    // and revoke what it got.
+                    if let Some(granting) = self.granting.take() {
+                        let client = self.client.clone();
+                        self.background(async move {
+                            if let Ok((_, Ok((id, _)))) =
+                                tokio::time::timeout_at(by, granting).await
+                            {
+                                revoke(client, id, by).await;
+                            }
+                        });
+                    }
                 }
             }
         }
@@ -518,69 +521,33 @@ impl Worker {
         let close_by = *self.control.close_by.lock().expect("close lock");
         close_by.unwrap_or_else(|| Instant::now() + close_budget(self.ttl))
     }
-
-    /// Sleeps `backoff`; false if the session was closed meanwhile.
-    async fn pause(&mut self, backoff: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => true,
-            command = next_command(&self.control, &mut self.resets_seen) => {
-                matches!(command, Command::Reset)
-            }
-        }
-    }
-
-    /// Holds lease `id` until it is lost, reset or closed.
-    async fn hold(&mut self, id: i64, mut deadline: Instant, news: &LeaseNews) -> End {
-        loop {
-            tokio::select! {
-                biased;
-                command = next_command(&self.control, &mut self.resets_seen) => return match command {
-                    Command::Reset => End::Reset,
-                    Command::Close => End::Close,
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    let lost = Error::LeaseDeadline { lease: id, ttl: self.ttl };
-                    return End::Lost(lost, deadline + safety_margin(self.ttl()));
-                }
-                _ = news.changed() => match news.take() {
-                    Ok(Some((sent_at, ttl))) => {
-                        deadline = deadline.max(self::deadline(sent_at, ttl));
-                    }
-                    Ok(None) => {}
-                    Err(error) => return End::Lost(error, deadline + safety_margin(self.ttl())),
-                },
-            }
-        }
-    }
 }
 
-/// Grants a lease of `ttl` seconds; returns its id, TTL and when the request was sent.
-async fn grant(client: Client, ttl: i64) -> Result<(i64, i64, Instant)> {
+/// Grants a lease of `ttl` seconds; returns when the request was sent, and
+/// the lease's id and TTL.
+async fn grant(client: Client, ttl: i64) -> (Instant, Result<(i64, i64)>) {
     // A burst of sessions (10,000 made at once) waits here rather than
     // flooding etcd, which answers "too many requests" past its queue.
     let _permit = client.grant_permit().await;
     let sent_at = Instant::now();
     let limit = Duration::from_secs(ttl as u64);
     let request = LeaseGrantRequest { ttl, id: 0 };
-    let response = tokio::time::timeout(limit, client.lease().lease_grant(request))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "LeaseGrant",
-            after: limit,
-        })??
-        .into_inner();
-    if !response.error.is_empty() {
-        return Err(Error::UnexpectedResponse {
-            what: format!("LeaseGrant answered with error {:?}", response.error),
-        });
-    }
-    Ok((response.id, response.ttl, sent_at))
-}
-
-/// The moment a lease renewed by a request sent at `sent_at` is taken for lost.
-fn deadline(sent_at: Instant, ttl: i64) -> Instant {
-    let ttl = Duration::from_secs(ttl.max(1) as u64);
-    sent_at + ttl - safety_margin(ttl)
+    let granted = async {
+        let response = tokio::time::timeout(limit, client.lease().lease_grant(request))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "LeaseGrant",
+                after: limit,
+            })??
+            .into_inner();
+        if !response.error.is_empty() {
+            return Err(Error::UnexpectedResponse {
+                what: format!("LeaseGrant answered with error {:?}", response.error),
+            });
+        }
+        Ok((response.id, response.ttl))
+    };
+    (sent_at, granted.await)
 }
 
 /// Revokes a lease, retrying what another try may mend (a broken connection
@@ -612,22 +579,6 @@ const REVOKE_RETRY: Duration = Duration::from_millis(50);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn margin_is_a_sixth_of_the_ttl_within_bounds() {
-        assert_eq!(
-            safety_margin(Duration::from_secs(6)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            safety_margin(Duration::from_millis(300)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            safety_margin(Duration::from_secs(60)),
-            Duration::from_secs(2)
-        );
-    }
 
     #[test]
     fn ttl_bounds() {

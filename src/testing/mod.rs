@@ -86,3 +86,24 @@ pub use certs::TlsFiles;
 pub use cluster::Cluster;
 pub use etcd::{ETCD_BIN, Etcd, EtcdBuilder};
 pub use proxy::{Proxy, ProxyState};
+
+/// The pure cores and the drivers' glue, for the deterministic simulator
+/// (`tests/sim`): the same decisions and the same request builders and
+/// answer parsers that the election and session tasks use, with no I/O.
+///
+/// ```
+/// use etcdutil::testing::core::{Candidacy, LeaseCore};
+/// let now = tokio::time::Instant::now();
+/// let mut lease = LeaseCore::new(5, now);
+/// lease.start(now);
+/// assert!(lease.poll_action().is_some()); // a LeaseGrant to send
+/// let candidacy = Candidacy::new("/elections/jobs".into());
+/// assert!(!candidacy.is_leader());
+/// ```
+pub mod core {
+    pub use crate::election::candidacy::{candidacy_txn, entered, is_go_candidate};
+    pub use crate::election::core::{Action, Candidacy, Entered, Phase, RETRY};
+    pub use crate::election::observe::{Follower, Report, deletes_watch};
+    pub use crate::sabotage::Sabotage;
+    pub use crate::session::core::{LeaseAction, LeaseCore, LeasePhase, safety_margin};
+}
