@@ -92,7 +92,8 @@ pub use client::{Client, new_client};
 pub use election::observe::Leader;
 pub use election::{
     AlwaysLeaderMock, DEFAULT_ELECTION_TTL, ELECTION_PREFIX, Election, ElectionConfig,
-    LeaderElector, election_key, leader, new_election, new_election_async, observe,
+    LeaderElector, election_key, leader, new_election, new_election_async, new_election_on,
+    new_election_on_async, observe,
 };
 pub use error::{ConfigError, Error, Result, SharedError};
 #[allow(deprecated)]

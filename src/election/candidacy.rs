@@ -31,7 +31,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
-use crate::session::{Session, close_budget};
+use crate::session::{Attachment, Session, close_budget};
 use crate::telemetry;
 
 pub(crate) use crate::election::core::RETRY;
@@ -56,10 +56,10 @@ struct Guarded {
 }
 
 impl Shared {
-    pub(crate) fn new(name: String, observer: Option<EventObserver>) -> Shared {
+    pub(crate) fn new(name: String, core: Candidacy, observer: Option<EventObserver>) -> Shared {
         Shared {
             core: Mutex::new(Guarded {
-                core: Candidacy::new(name.clone()),
+                core,
                 published: None,
             }),
             name,
@@ -171,7 +171,10 @@ pub(crate) struct Task {
     candidate: String,
     ttl: Duration,
     shared: Arc<Shared>,
-    session: Session,
+    /// The session, when the election has one of its own.
+    own_session: Option<Session>,
+    /// Our place on the session's lease, until we close.
+    attachment: Option<Attachment>,
     /// The I/O the core asked for, in flight.
     step: Option<Step>,
     blockers: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -187,7 +190,8 @@ impl Task {
         candidate: String,
         ttl: Duration,
         shared: Arc<Shared>,
-        session: Session,
+        own_session: Option<Session>,
+        attachment: Attachment,
     ) -> Task {
         Task {
             client: client.clone(),
@@ -195,7 +199,8 @@ impl Task {
             candidate,
             ttl,
             shared,
-            session,
+            own_session,
+            attachment: Some(attachment),
             step: None,
             blockers: None,
             conceding: None,
@@ -256,7 +261,7 @@ impl Task {
                             Ok(true)
                         }
                         Err(error) => {
-                            self.shared.input(Candidacy::on_resign_failed);
+                            self.shared.input(|core| core.on_resign_failed(Instant::now()));
                             Err(error)
                         }
                     };
@@ -292,7 +297,12 @@ impl Task {
                         reply: self.concede_reply.take(),
                     });
                 }
-                Action::ResetSession => self.session.reset(),
+                // Asked for only when the session is ours (see the core).
+                Action::ResetSession => {
+                    if let Some(session) = &self.own_session {
+                        session.reset();
+                    }
+                }
                 Action::Emit(event) => self.shared.emit(event),
                 Action::LeaderChanged => telemetry::leader_changed(&self.name),
                 Action::Led { since } => telemetry::time_to_lead(&self.name, since.elapsed()),
@@ -328,7 +338,12 @@ impl Task {
             let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
             let _ = resign(self.client.clone(), term, limit).await;
         }
-        self.session.close_by(deadline).await;
+        // Off the session's lease first: a session closes the elections
+        // on it, and this one is closing.
+        self.attachment = None;
+        if let Some(session) = &self.own_session {
+            session.close_by(deadline).await;
+        }
         self.shared.emit(ElectionEvent {
             is_done: true,
             ..ElectionEvent::default()

@@ -55,11 +55,16 @@
 //! | `Leading` | `on_close` | `Closed` | `Emit` |
 //! | `Conceding` | `on_resign_answered` | `Entering` | `SendTxn` |
 //! | `Conceding` | `on_resign_failed` | `NoLease` | `ResetSession` |
+//! | `Conceding(shared)` | `on_resign_failed` | `Conceding` | |
+//! | `Conceding(shared)` | `on_timer(due)` | `Conceding` | `Resign` |
 //! | `Conceding` | `on_report(ours)` | `Conceding` | |
 //! | `InRace` | `on_concede` | `InRace` | |
 //! | `Closed` | `on_lease` | `Closed` | |
 //!
 //! `Leading` is the only phase in which [`Candidacy::is_leader`] is true.
+//! On a session shared with other elections (`(shared)`), a failed Resign is
+//! tried again every [`RETRY`] until it answers or the lease is lost: giving
+//! the lease up would take every other election on it down too.
 //! An event that repeats the last one (same leader, same data, same
 //! `is_leader`) is not emitted again; `Led` and `LeaderChanged` feed metrics.
 //!
@@ -124,10 +129,13 @@ pub enum Phase {
         /// Our term; `term.lease` is the session's lease, `term.rev` the fencing token.
         term: LeaderKey,
     },
-    /// `concede`: stepped down, our Resign on its way.
+    /// `concede`: stepped down, our Resign on its way (or, on a shared
+    /// session, to be tried again at `retry_at`).
     Conceding {
-        /// The lease our key is on.
-        lease: i64,
+        /// The term we resign.
+        term: LeaderKey,
+        /// When to try the Resign again after it failed.
+        retry_at: Option<Instant>,
     },
     /// `close`: stepped down for good.
     Closed,
@@ -141,9 +149,8 @@ impl Phase {
             Phase::AwaitingWatch { lease }
             | Phase::Backoff { lease, .. }
             | Phase::Entering { lease }
-            | Phase::InRace { lease, .. }
-            | Phase::Conceding { lease } => Some(*lease),
-            Phase::Leading { term } => Some(term.lease),
+            | Phase::InRace { lease, .. } => Some(*lease),
+            Phase::Leading { term } | Phase::Conceding { term, .. } => Some(term.lease),
         }
     }
 
@@ -232,6 +239,8 @@ pub struct Candidacy {
     /// The last (is_leader, key, data) emitted, to report only changes.
     last: Option<(bool, String, String)>,
     actions: VecDeque<Action>,
+    /// Whether the session is shared with other elections.
+    shared_session: bool,
     sabotage: Sabotage,
 }
 
@@ -239,6 +248,13 @@ impl Candidacy {
     /// A candidacy in the election whose key prefix is `name`, with no lease yet.
     pub fn new(name: String) -> Candidacy {
         Candidacy::with_sabotage(name, Sabotage::None)
+    }
+
+    /// A candidacy on a session that other elections share: its failures
+    /// never give the session's lease up.
+    pub fn on_shared_session(mut self) -> Candidacy {
+        self.shared_session = true;
+        self
     }
 
     /// As [`new`](Self::new), broken on purpose as `sabotage` says.
@@ -250,6 +266,7 @@ impl Candidacy {
             view: View::default(),
             last: None,
             actions: VecDeque::new(),
+            shared_session: false,
             sabotage,
         }
     }
@@ -287,6 +304,7 @@ impl Candidacy {
     pub fn next_timer(&self) -> Option<Instant> {
         match self.phase {
             Phase::Backoff { until, .. } => Some(until),
+            Phase::Conceding { retry_at, .. } => retry_at,
             _ => None,
         }
     }
@@ -392,12 +410,19 @@ impl Candidacy {
         }
     }
 
-    /// Time passed: the end of a backoff.
+    /// Time passed: the end of a backoff, or a Resign to try again.
     pub fn on_timer(&mut self, now: Instant) {
-        if let Phase::Backoff { lease, until } = self.phase
-            && now >= until
-        {
-            self.enter(lease);
+        match &mut self.phase {
+            Phase::Backoff { lease, until } if now >= *until => {
+                let lease = *lease;
+                self.enter(lease);
+            }
+            Phase::Conceding { term, retry_at } if retry_at.is_some_and(|at| now >= at) => {
+                *retry_at = None;
+                let term = term.clone();
+                self.push(Action::Resign(term));
+            }
+            _ => {}
         }
     }
 
@@ -408,7 +433,10 @@ impl Candidacy {
             return false;
         };
         let term = term.clone();
-        self.phase = Phase::Conceding { lease: term.lease };
+        self.phase = Phase::Conceding {
+            term: term.clone(),
+            retry_at: None,
+        };
         self.emit(ElectionEvent::default());
         self.push(Action::Resign(term));
         true
@@ -416,7 +444,8 @@ impl Candidacy {
 
     /// Our Resign answered at `revision`: enter again, behind the others.
     pub fn on_resign_answered(&mut self, revision: i64) {
-        if let Phase::Conceding { lease } = self.phase {
+        if let Phase::Conceding { term, .. } = &self.phase {
+            let lease = term.lease;
             // Reports from before the Resign would show our old key.
             self.view.as_of_rev = self.view.as_of_rev.max(revision);
             self.enter(lease);
@@ -424,9 +453,15 @@ impl Candidacy {
     }
 
     /// Our Resign failed: our key may still hold the office, and we no longer
-    /// take it for ours; give up the lease, so the key goes and we start over.
-    pub fn on_resign_failed(&mut self) {
-        if let Phase::Conceding { .. } = self.phase {
+    /// take it for ours. Give up the lease, so the key goes and we start over;
+    /// on a shared session, try the Resign again after [`RETRY`] instead.
+    pub fn on_resign_failed(&mut self, now: Instant) {
+        let Phase::Conceding { retry_at, .. } = &mut self.phase else {
+            return;
+        };
+        if self.shared_session {
+            *retry_at = Some(now + RETRY);
+        } else {
             self.phase = Phase::NoLease;
             self.push(Action::ResetSession);
         }
@@ -685,10 +720,16 @@ mod tests {
                 entering(&mut core);
                 core.on_txn_answered(t0, L, entered(leader(L, 10, 10), vec![]));
             }
-            "Conceding" => {
+            "Conceding" | "Conceding(shared)" => {
+                if phase == "Conceding(shared)" {
+                    core = core.on_shared_session();
+                }
                 entering(&mut core);
                 core.on_txn_answered(t0, L, entered(leader(L, 10, 10), vec![]));
                 assert!(core.on_concede());
+                if phase == "Conceding(shared)" {
+                    core.on_resign_failed(t0);
+                }
             }
             "Closed" => {
                 core.on_close();
@@ -742,7 +783,7 @@ mod tests {
                 core.on_close();
             }
             "on_resign_answered" => core.on_resign_answered(30),
-            "on_resign_failed" => core.on_resign_failed(),
+            "on_resign_failed" => core.on_resign_failed(t0),
             other => panic!("no input {other}"),
         }
     }
@@ -839,7 +880,7 @@ mod tests {
         assert_eq!(core.phase(), &Phase::NoLease);
         // The Resign's answer comes after: no Txn on the lost lease.
         core.on_resign_answered(30);
-        core.on_resign_failed();
+        core.on_resign_failed(t0);
         assert_eq!(core.phase(), &Phase::NoLease);
         assert_eq!(drain(&mut core), ["Emit"]);
     }
@@ -886,7 +927,7 @@ mod tests {
     fn a_failed_resign_gives_the_lease_up_and_starts_over() {
         let t0 = Instant::now();
         let mut core = in_phase("Conceding", t0);
-        core.on_resign_failed();
+        core.on_resign_failed(t0);
         assert_eq!(drain(&mut core), ["ResetSession"]);
         // The session says the lease is gone, then brings a new one.
         core.on_lease(None, None);

@@ -49,6 +49,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::client::txn::created_at;
 use crate::client::{Client, Closable};
 use crate::election::candidacy::{Command, Inputs, RETRY, Shared, Task};
+use crate::election::core::Candidacy;
 use crate::election::observe::{Leader, Observed, Report, run_observe};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
@@ -317,20 +318,7 @@ impl std::fmt::Debug for Election {
 /// # Ok(()) }
 /// ```
 pub async fn new_election(client: &Client, config: ElectionConfig) -> Result<Election> {
-    let election = Election::start(client, config)?;
-    let mut events = election.subscribe();
-    while let Some(event) = events.recv().await {
-        if let Some(error) = event.err {
-            election.close().await;
-            return Err(error);
-        }
-        if event.is_leader || !event.leader_key.is_empty() {
-            return Ok(election);
-        }
-    }
-    Err(Error::StreamEnded {
-        stream: "election events",
-    })
+    first_outcome(Election::start(client, config)?).await
 }
 
 /// Joins the election and returns at once; the outcome arrives as events.
@@ -351,43 +339,142 @@ pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Ele
     Election::start(client, config)
 }
 
+/// Joins the election standing on `session`'s lease, as etcd's Go
+/// `concurrency.NewElection(session, ..)` does, and waits for its first
+/// outcome, as [`new_election`] does.
+///
+/// Any number of elections can share one session: one lease and one
+/// keepalive serve them all, and entering costs one commit (the lease is
+/// there already). They also share its fate: when the session loses its
+/// lease, every election on it steps down at once, before etcd can expire
+/// the lease, and campaigns again on the next one. `config.ttl` is not used:
+/// the session's TTL is. Closing the election resigns it and leaves the
+/// session's lease alone; closing the session closes its elections first.
+///
+/// ```no_run
+/// use etcdutil::{ElectionConfig, Session, SessionConfig, new_election_on};
+/// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// let session = Session::new(&client, SessionConfig { ttl: 10, ..Default::default() })?;
+/// let mut shards = Vec::new();
+/// for shard in 0..64 {
+///     let config = ElectionConfig { election: format!("shard-{shard}"), ..Default::default() };
+///     shards.push(new_election_on(&session, config).await?);
+/// }
+/// session.close().await; // resigns every shard we lead, then revokes the lease
+/// # Ok(()) }
+/// ```
+pub async fn new_election_on(session: &Session, config: ElectionConfig) -> Result<Election> {
+    first_outcome(Election::start_on(session, config)?).await
+}
+
+/// [`new_election_on`] that returns at once; the outcome arrives as events.
+///
+/// ```no_run
+/// # async fn run(session: &etcdutil::Session) -> etcdutil::Result<()> {
+/// let config = etcdutil::ElectionConfig { election: "shard-7".into(), ..Default::default() };
+/// let election = etcdutil::new_election_on_async(session, config)?;
+/// # Ok(()) }
+/// ```
+pub fn new_election_on_async(session: &Session, config: ElectionConfig) -> Result<Election> {
+    Election::start_on(session, config)
+}
+
+/// Waits for the first outcome: we lead, someone else leads, or an error
+/// (then the candidacy is withdrawn and the error returned).
+async fn first_outcome(election: Election) -> Result<Election> {
+    let mut events = election.subscribe();
+    while let Some(event) = events.recv().await {
+        if let Some(error) = event.err {
+            election.close().await;
+            return Err(error);
+        }
+        if event.is_leader || !event.leader_key.is_empty() {
+            return Ok(election);
+        }
+    }
+    Err(Error::StreamEnded {
+        stream: "election events",
+    })
+}
+
+/// What an election stands on: a session of its own, or a caller's.
+enum Ground<'a> {
+    Own(Session),
+    Shared(&'a Session),
+}
+
+impl Ground<'_> {
+    fn session(&self) -> &Session {
+        match self {
+            Ground::Own(session) => session,
+            Ground::Shared(session) => session,
+        }
+    }
+}
+
 impl Election {
     fn start(client: &Client, config: ElectionConfig) -> Result<Election> {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
-        let shared = Arc::new(Shared::new(name.clone(), config.event_observer));
-        let session_shared = shared.clone();
         let session = Session::start(
             client,
             SessionConfig {
                 ttl,
-                // The core steps down here, in the session's own call,
-                // before etcd can expire the lease.
-                observer: Arc::new(move |lease, error| {
-                    let lease = (lease != NO_LEASE).then_some(lease);
-                    session_shared.input_and_wake(|core| core.on_lease(lease, error));
-                }),
+                ..Default::default()
             },
         )?;
+        Election::stand(Ground::Own(session), name, config)
+    }
+
+    fn start_on(session: &Session, config: ElectionConfig) -> Result<Election> {
+        let name = election_key(&config.election)?;
+        // Not used (the session's TTL is), but a bad value is still refused.
+        checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
+        Election::stand(Ground::Shared(session), name, config)
+    }
+
+    fn stand(ground: Ground<'_>, name: String, config: ElectionConfig) -> Result<Election> {
+        let session = ground.session();
+        let client = session.client().clone();
+        let ttl = session.ttl();
+        let core = match ground {
+            Ground::Own(_) => Candidacy::new(name.clone()),
+            Ground::Shared(_) => Candidacy::new(name.clone()).on_shared_session(),
+        };
+        let shared = Arc::new(Shared::new(name.clone(), core, config.event_observer));
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (report_tx, reports) = mpsc::unbounded_channel();
-        // The observer first: the candidacy waits for its watch (see `candidacy`).
-        tokio::spawn(run_observe(client.clone(), name.clone(), report_tx, RETRY));
         let (done_tx, done) = watch::channel(false);
-        let ttl_duration = Duration::from_secs(ttl as u64);
         let closer = Arc::new(Closer {
             commands,
             done,
             ttl,
         });
         let registration = client.register(closer.clone())?;
+        let listener = shared.clone();
+        // The core steps down here, in the session's own call, before etcd
+        // can expire the lease.
+        let attachment = session.attach(
+            Arc::new(move |lease, error| {
+                let lease = (lease != NO_LEASE).then_some(lease);
+                listener.input_and_wake(|core| core.on_lease(lease, error));
+            }),
+            closer.clone(),
+        )?;
+        // The observer first: the candidacy waits for its watch (see `candidacy`).
+        tokio::spawn(run_observe(client.clone(), name.clone(), report_tx, RETRY));
+        let own_session = match ground {
+            Ground::Own(session) => Some(session),
+            Ground::Shared(_) => None,
+        };
         let task = Task::new(
-            client,
+            &client,
             name.clone(),
             config.candidate,
-            ttl_duration,
+            Duration::from_secs(ttl as u64),
             shared.clone(),
-            session,
+            own_session,
+            attachment,
         );
         let inputs = Inputs {
             reports,
@@ -399,7 +486,7 @@ impl Election {
             drop(registration);
         });
         Ok(Election {
-            client: client.clone(),
+            client,
             name,
             shared,
             closer,

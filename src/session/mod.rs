@@ -135,6 +135,7 @@ enum Command {
 /// # Ok(()) }
 /// ```
 pub struct Session {
+    client: Client,
     control: Arc<Control>,
     lease: watch::Receiver<i64>,
     ttl: i64,
@@ -159,6 +160,39 @@ struct Control {
     finished: Notify,
     /// In the client's list of what to close, until the worker ends.
     registration: std::sync::Mutex<Option<Registration>>,
+    /// The elections standing on this session's lease.
+    elections: std::sync::Mutex<Elections>,
+}
+
+/// What a session tells an election that stands on its lease: every gain
+/// and every loss, in the session's own call, as its observer is told.
+pub(crate) type LeaseListener = Arc<dyn Fn(i64, Option<Error>) + Send + Sync>;
+
+/// The elections standing on a session's lease.
+#[derive(Default)]
+struct Elections {
+    next_id: u64,
+    members: Vec<Member>,
+}
+
+struct Member {
+    id: u64,
+    on_lease: LeaseListener,
+    /// Closed before the session revokes its lease.
+    closer: Arc<dyn Closable>,
+}
+
+/// An election's place on a session: told of the lease until dropped.
+pub(crate) struct Attachment {
+    control: Arc<Control>,
+    id: u64,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut elections = self.control.elections.lock().expect("elections lock");
+        elections.members.retain(|member| member.id != self.id);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -221,6 +255,7 @@ impl Session {
         };
         tokio::spawn(worker.run());
         Ok(Session {
+            client: client.clone(),
             control,
             lease,
             ttl,
@@ -259,6 +294,43 @@ impl Session {
     /// ```
     pub fn ttl(&self) -> i64 {
         self.ttl
+    }
+
+    /// The client this session was made from.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stands an election on this session's lease: `on_lease` is called at
+    /// once with the lease held now (if any), then on every gain and loss;
+    /// `closer` is closed before the session revokes its lease. Fails once
+    /// the session is closing.
+    pub(crate) fn attach(
+        &self,
+        on_lease: LeaseListener,
+        closer: Arc<dyn Closable>,
+    ) -> Result<Attachment> {
+        let mut elections = self.control.elections.lock().expect("elections lock");
+        // Checked under the lock the closing worker takes to close the
+        // elections: an election is either closed by it or refused here.
+        if self.control.closed.load(Ordering::SeqCst) || self.client.is_closed() {
+            return Err(Error::Closed);
+        }
+        let lease = *self.lease.borrow();
+        if lease != NO_LEASE {
+            on_lease(lease, None);
+        }
+        let id = elections.next_id;
+        elections.next_id += 1;
+        elections.members.push(Member {
+            id,
+            on_lease,
+            closer,
+        });
+        Ok(Attachment {
+            control: self.control.clone(),
+            id,
+        })
     }
 
     /// Revokes the current lease (best effort) and starts over with a new one.
@@ -375,8 +447,14 @@ async fn next_command(control: &Control, resets_seen: &mut u64) -> Command {
 }
 
 impl Worker {
+    /// Tells the owner, then every election on the lease, in this call:
+    /// a loss steps them all down before etcd can expire the lease.
     fn report(&self, lease: i64, error: Option<Error>) {
+        let elections = self.control.elections.lock().expect("elections lock");
         self.lease.send_replace(lease);
+        for member in &elections.members {
+            (member.on_lease)(lease, error.clone());
+        }
         (self.observer)(lease, error);
     }
 
@@ -417,9 +495,11 @@ impl Worker {
             };
             self.core.on_timer(now);
         }
-        // Close: the core gives the lease up; its revoke, and those of leases
-        // given up before, must end first.
+        // Close: the elections on the lease first (each resigns), then the
+        // core gives the lease up; its revoke, and those of leases given up
+        // before, must end first.
         let deadline = self.close_deadline();
+        close_elections(&self.control, deadline).await;
         self.core.on_close(deadline);
         self.execute().await;
         if let Some(revokes) = &mut self.revokes {
@@ -521,6 +601,22 @@ impl Worker {
         let close_by = *self.control.close_by.lock().expect("close lock");
         close_by.unwrap_or_else(|| Instant::now() + close_budget(self.ttl))
     }
+}
+
+/// Closes every election standing on the lease, concurrently.
+async fn close_elections(control: &Control, deadline: Instant) {
+    let closers: Vec<Arc<dyn Closable>> = {
+        let elections = control.elections.lock().expect("elections lock");
+        elections.members.iter().map(|m| m.closer.clone()).collect()
+    };
+    if closers.is_empty() {
+        return;
+    }
+    let mut closing = JoinSet::new();
+    for closer in closers {
+        closing.spawn(async move { closer.close_by(deadline).await });
+    }
+    while closing.join_next().await.is_some() {}
 }
 
 /// Grants a lease of `ttl` seconds; returns when the request was sent, and

@@ -15,3 +15,4 @@ mod election;
 mod hardening;
 mod harness;
 mod session;
+mod shared;
