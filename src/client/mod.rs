@@ -5,6 +5,7 @@ pub(crate) mod parse;
 pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod txn;
+pub(crate) mod watches;
 pub(crate) mod wire;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::client::config::Config;
 use crate::client::transport::{Attempt, Transport};
+use crate::client::watches::Watches;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
@@ -66,6 +68,7 @@ struct Inner {
     config: Config,
     transport: Transport,
     keepalive: KeepAlive,
+    watches: Watches,
     /// Lease grants in flight at once (see `session::grant`).
     grants: tokio::sync::Semaphore,
     /// Set by [`Client::close`]: no new session or election.
@@ -222,11 +225,13 @@ impl Client {
 
     fn with_transport(config: Config, transport: Transport) -> Client {
         let keepalive = KeepAlive::start(transport.clone());
+        let watches = Watches::start(transport.clone());
         Client {
             inner: Arc::new(Inner {
                 config,
                 transport,
                 keepalive,
+                watches,
                 grants: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
                 closing: AtomicBool::new(false),
                 open: Mutex::default(),
@@ -301,6 +306,11 @@ impl Client {
             .acquire()
             .await
             .expect("the semaphore is never closed")
+    }
+
+    /// The Watch stream shared by every watch of this client.
+    pub(crate) fn watches(&self) -> &Watches {
+        &self.inner.watches
     }
 
     /// The keepalive stream shared by all sessions of this client.

@@ -252,6 +252,17 @@ impl Transport {
         renewed
     }
 
+    /// Whether calls carry a user's token.
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.shared.credentials.is_some()
+    }
+
+    /// Renews the token `attempt` went out with, unless a newer one is in
+    /// place already (see [`renew_token`](Self::renew_token)).
+    pub(crate) async fn renew_token_of(&self, attempt: &Attempt) -> Result<bool> {
+        self.renew_token(attempt.token.as_ref()).await
+    }
+
     fn token(&self) -> Option<HeaderValue> {
         let credentials = self.shared.credentials.as_ref()?;
         credentials.token.read().expect("token lock").clone()
@@ -316,6 +327,11 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
+    /// Whether calls went to another member since this attempt.
+    pub(crate) fn has_moved(&self, transport: &Transport) -> bool {
+        *transport.shared.moved.borrow() != self.member
+    }
+
     /// Resolves once calls have moved off the member this attempt went to:
     /// a stream still open there (say, on a member behind a blackhole, which
     /// only HTTP/2 pings would find dead) should follow.

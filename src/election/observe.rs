@@ -22,15 +22,13 @@
 //! sync loop.
 
 use tokio::sync::mpsc;
-use tonic::Streaming;
 
 use crate::client::Client;
-use crate::client::transport::require_leader;
+use crate::client::transport::Attempt;
 use crate::client::txn::{oldest_first, prefix_range, range_op};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    RangeRequest, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse, response_op,
-    watch_create_request, watch_request,
+    RangeRequest, TxnRequest, WatchCreateRequest, response_op, watch_create_request,
 };
 use crate::proto::mvccpb::{Event, KeyValue, event};
 
@@ -104,10 +102,10 @@ pub(crate) async fn run_observe(
         let attempt = client.attempt();
         let failure = tokio::select! {
             _ = reports.closed() => return,
-            failure = observe_once(&client, &name, &reports) => failure,
-            // Calls moved on (the session found this member silent): follow
-            // them now, rather than once HTTP/2 pings find the stream dead.
-            () = client.moved_away(&attempt) => continue,
+            failure = observe_once(&client, &name, &reports, &attempt) => match failure {
+                Some(failure) => failure,
+                None => continue,
+            },
         };
         if matches!(failure, Error::WatchCanceled { compact_revision, .. } if compact_revision > 0)
         {
@@ -130,7 +128,10 @@ pub(crate) async fn run_observe(
 }
 
 /// Watches the candidates, reads them as of the watch's start, then
-/// follows them; returns why it stopped.
+/// follows them; returns why it stopped, or `None` if calls moved to another
+/// member during the read (start over there). Once following, a move is the
+/// shared stream's business: it resumes the watch on the new member, and no
+/// change is missed.
 ///
 /// The watch comes first, from etcd's current revision: a watch asked to
 /// start at a revision etcd has already passed (as one opened after a read
@@ -140,34 +141,43 @@ async fn observe_once(
     client: &Client,
     name: &str,
     reports: &mpsc::UnboundedSender<Result<Observed>>,
-) -> Error {
+    attempt: &Attempt,
+) -> Option<Error> {
+    let ended = || Some(Error::StreamEnded { stream: "Observe" });
     let watch = Follower::watch_request(name);
-    let mut watch = match KeyWatch::open(client, watch).await {
+    let mut watch = match client.watches().open(watch).await {
         Ok(watch) => watch,
-        Err(error) => return error,
+        Err(error) => return Some(error),
     };
     let revision = watch.created_rev;
     if reports.send(Ok(Observed::Watching)).is_err() {
-        return Error::StreamEnded { stream: "Observe" };
+        return ended();
     }
-    let read = Follower::read_request(name, revision);
-    let kvs = match client.kv().range(read).await {
+    let mut kv = client.kv();
+    let read = kv.range(Follower::read_request(name, revision));
+    let read = tokio::select! {
+        read = read => read,
+        // Calls moved on (the session found this member silent): a read
+        // stuck there would wait for HTTP/2 pings to find it dead.
+        () = client.moved_away(attempt) => return None,
+    };
+    let kvs = match read {
         Ok(response) => response.into_inner().kvs,
-        Err(status) => return status.into(),
+        Err(status) => return Some(status.into()),
     };
     let (mut follower, report) = Follower::new(name, revision, kvs);
     if reports.send(Ok(Observed::Report(report))).is_err() {
-        return Error::StreamEnded { stream: "Observe" };
+        return ended();
     }
     loop {
         let events = match watch.next().await {
             Ok(events) => events,
-            Err(error) => return error,
+            Err(error) => return Some(error),
         };
         if let Some(report) = follower.on_events(events)
             && reports.send(Ok(Observed::Report(report))).is_err()
         {
-            return Error::StreamEnded { stream: "Observe" };
+            return ended();
         }
     }
 }
@@ -276,69 +286,6 @@ impl Follower {
     }
 }
 
-/// One Watch over the keys from `key` to `range_end`: its events, batch by batch.
-pub(crate) struct KeyWatch {
-    /// The revision etcd was at when it created the watch.
-    pub(crate) created_rev: i64,
-    responses: Streaming<WatchResponse>,
-    /// The request stream, held open: closing it would end the watch.
-    _requests: mpsc::Sender<WatchRequest>,
-}
-
-impl KeyWatch {
-    /// Opens the watch `create` asks for; returns once etcd created it.
-    pub(crate) async fn open(client: &Client, create: WatchCreateRequest) -> Result<KeyWatch> {
-        let (requests, outgoing) = mpsc::channel(1);
-        let request = WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-        };
-        requests
-            .send(request)
-            .await
-            .expect("the receiver is held below");
-        let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-        let mut responses = client
-            .watch()
-            .watch(require_leader(stream))
-            .await?
-            .into_inner();
-        let Some(created) = responses.message().await? else {
-            return Err(Error::StreamEnded { stream: "Watch" });
-        };
-        if created.canceled || !created.created {
-            return Err(canceled(created));
-        }
-        Ok(KeyWatch {
-            created_rev: created.header.map_or(0, |h| h.revision),
-            responses,
-            _requests: requests,
-        })
-    }
-
-    /// The next events (never empty); an error once etcd ends or cancels the watch.
-    pub(crate) async fn next(&mut self) -> Result<Vec<Event>> {
-        loop {
-            let Some(response) = self.responses.message().await? else {
-                return Err(Error::StreamEnded { stream: "Watch" });
-            };
-            if response.canceled || response.compact_revision > 0 {
-                return Err(canceled(response));
-            }
-            if !response.events.is_empty() {
-                return Ok(response.events);
-            }
-        }
-    }
-}
-
-/// The error of a watch etcd canceled (or started past a compaction).
-fn canceled(response: WatchResponse) -> Error {
-    Error::WatchCanceled {
-        reason: response.cancel_reason,
-        compact_revision: response.compact_revision,
-    }
-}
-
 /// Waits until every key in `keys` (all there as of revision `rev`) is deleted.
 pub(crate) async fn until_deleted(
     client: Client,
@@ -395,7 +342,7 @@ pub(crate) async fn until_deleted(
 /// Watches `keys` from after `rev`, removing each as it is deleted; Ok once
 /// none is left.
 async fn watch_deletes(client: &Client, keys: &mut Vec<Vec<u8>>, rev: i64) -> Result<()> {
-    let mut watch = KeyWatch::open(client, deletes_watch(keys, rev)).await?;
+    let mut watch = client.watches().open(deletes_watch(keys, rev)).await?;
     while !keys.is_empty() {
         for event in watch.next().await? {
             if let Some(kv) = event.kv {

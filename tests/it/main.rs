@@ -16,3 +16,4 @@ mod hardening;
 mod harness;
 mod session;
 mod shared;
+mod watches;

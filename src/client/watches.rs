@@ -1,0 +1,429 @@
+//! One `Watch` stream per [`Client`](crate::Client), shared by every watch
+//! made from it, as etcd's Go watcher does: 10,000 elections cost etcd one
+//! gRPC stream, not 10,000.
+//!
+//! Each watch has an id of ours, stable across streams. When the stream
+//! fails (a member down, calls moved to another member, a renewed token),
+//! it is opened again as a whole, and every watch is created again from its
+//! own next revision, so its owner sees each event once, in order, with
+//! nothing missed. A watch etcd cancels (a compaction past its revision, a
+//! refusal) ends alone; the others go on.
+//!
+//! A new watch is created on the open stream. etcd checks its permission
+//! with the token the *stream* was opened with, so a refusal on a stream
+//! older than a token's life may only mean that token expired: the watch is
+//! tried again once on a stream opened with a renewed token before its
+//! refusal counts. A watch whose first creation fails because the stream
+//! failed is told so (its owner reports it and retries), rather than left
+//! waiting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::client::transport::{Attempt, Transport, require_leader};
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_client::WatchClient,
+    watch_request,
+};
+use crate::proto::mvccpb::Event;
+
+/// Pause before the stream is opened again after a failure, unless a
+/// renewed token or a move to another member says to try at once.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Handle to the client's watch task. The task ends when the last handle
+/// (the last clone of the `Client`) is dropped.
+#[derive(Clone)]
+pub(crate) struct Watches {
+    commands: mpsc::UnboundedSender<Command>,
+    next_id: Arc<AtomicU64>,
+}
+
+enum Command {
+    Open {
+        id: u64,
+        create: WatchCreateRequest,
+        created: oneshot::Sender<Result<i64>>,
+        events: mpsc::UnboundedSender<Result<Vec<Event>>>,
+    },
+    Cancel {
+        id: u64,
+    },
+}
+
+impl Watches {
+    pub(crate) fn start(transport: Transport) -> Watches {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(Hub::new(transport).run(receiver));
+        Watches {
+            commands,
+            next_id: Arc::default(),
+        }
+    }
+
+    /// Creates the watch `create` asks for on the shared stream; returns
+    /// once etcd created it.
+    pub(crate) async fn open(&self, create: WatchCreateRequest) -> Result<KeyWatch> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (created_tx, created) = oneshot::channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut watch = KeyWatch {
+            created_rev: 0,
+            id,
+            events,
+            commands: self.commands.clone(),
+        };
+        let open = Command::Open {
+            id,
+            create,
+            created: created_tx,
+            events: events_tx,
+        };
+        if self.commands.send(open).is_err() {
+            return Err(Error::StreamEnded { stream: "Watch" });
+        }
+        // Dropped before it is created: the drop cancels it.
+        watch.created_rev = created
+            .await
+            .map_err(|_| Error::StreamEnded { stream: "Watch" })??;
+        Ok(watch)
+    }
+}
+
+/// One watch on the client's shared stream: its events, batch by batch.
+/// Dropping it cancels the watch.
+pub(crate) struct KeyWatch {
+    /// The revision etcd was at when it created the watch.
+    pub(crate) created_rev: i64,
+    id: u64,
+    events: mpsc::UnboundedReceiver<Result<Vec<Event>>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl KeyWatch {
+    /// The next events (never empty); an error once etcd cancels the watch.
+    pub(crate) async fn next(&mut self) -> Result<Vec<Event>> {
+        match self.events.recv().await {
+            Some(events) => events,
+            None => Err(Error::StreamEnded { stream: "Watch" }),
+        }
+    }
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Cancel { id: self.id });
+    }
+}
+
+/// One watch, as the task keeps it across streams.
+struct Sub {
+    create: WatchCreateRequest,
+    /// The revision its next event will have: where it resumes on a new
+    /// stream. 0 until etcd created it.
+    next_rev: i64,
+    /// Until etcd created it the first time.
+    created: Option<oneshot::Sender<Result<i64>>>,
+    events: mpsc::UnboundedSender<Result<Vec<Event>>>,
+}
+
+/// An answer of stream `generation`, or its end.
+type Answer = (u64, Result<WatchResponse>);
+
+/// The open stream: where its requests go, and how it was opened.
+struct Stream {
+    requests: mpsc::UnboundedSender<WatchRequest>,
+    attempt: Attempt,
+}
+
+struct Hub {
+    transport: Transport,
+    subs: BTreeMap<u64, Sub>,
+    /// etcd's watch ids on the open stream, to ours.
+    by_etcd_id: HashMap<i64, u64>,
+    /// Our creates sent on the open stream and not yet answered, in order:
+    /// etcd answers a stream's creates in the order it got them.
+    pending: VecDeque<u64>,
+    stream: Option<Stream>,
+    generation: u64,
+    answers_tx: mpsc::UnboundedSender<Answer>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    /// When to open the stream again after a failure.
+    reopen_at: Option<Instant>,
+    /// The stream opened with a token renewed after a refusal: a refusal on
+    /// it is meant.
+    renewed_generation: Option<u64>,
+}
+
+impl Hub {
+    fn new(transport: Transport) -> Hub {
+        let (answers_tx, answers) = mpsc::unbounded_channel();
+        Hub {
+            transport,
+            subs: BTreeMap::new(),
+            by_etcd_id: HashMap::new(),
+            pending: VecDeque::new(),
+            stream: None,
+            generation: 0,
+            answers_tx,
+            answers,
+            reopen_at: None,
+            renewed_generation: None,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let attempt = self.stream.as_ref().map(|s| s.attempt.clone());
+            let reopen_at = self.reopen_at;
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Open { id, create, created, events }) => {
+                        let sub = Sub { create, next_rev: 0, created: Some(created), events };
+                        self.subs.insert(id, sub);
+                        if self.stream.is_some() {
+                            self.send_create(id);
+                        } else if self.reopen_at.is_none() {
+                            self.open_stream();
+                        }
+                    }
+                    Some(Command::Cancel { id }) => self.cancel(id),
+                    None => return,
+                },
+                Some((generation, answer)) = self.answers.recv() => {
+                    if generation == self.generation {
+                        match answer {
+                            Ok(response) => self.on_response(response).await,
+                            Err(error) => self.on_failure(error).await,
+                        }
+                    }
+                }
+                // Calls moved to another member (the session found this one
+                // silent): follow them now, rather than once pings find the
+                // stream dead.
+                () = async { attempt.as_ref().expect("guarded").moved_away(&self.transport).await }, if attempt.is_some() => {
+                    self.close_stream();
+                    self.open_stream();
+                }
+                () = tokio::time::sleep_until(reopen_at.unwrap_or_else(Instant::now)), if reopen_at.is_some() => {
+                    self.reopen_at = None;
+                    if !self.subs.is_empty() {
+                        self.open_stream();
+                    }
+                }
+            }
+            if self.subs.is_empty() {
+                // Nothing to watch: close the stream rather than hold it idle.
+                self.close_stream();
+            }
+        }
+    }
+
+    fn close_stream(&mut self) {
+        self.stream = None;
+        self.pending.clear();
+        self.by_etcd_id.clear();
+    }
+
+    /// Opens a stream on the member calls go to now, and creates every
+    /// watch on it, each from its own next revision.
+    fn open_stream(&mut self) {
+        self.close_stream();
+        self.generation += 1;
+        let generation = self.generation;
+        let (requests, outgoing) = mpsc::unbounded_channel();
+        let answers = self.answers_tx.clone();
+        let mut client = WatchClient::new(self.transport.clone());
+        let attempt = self.transport.attempt();
+        tokio::spawn(async move {
+            let request = require_leader(UnboundedReceiverStream::new(outgoing));
+            // etcd sends the response headers with its first answer.
+            let mut stream = match client.watch(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = answers.send((generation, Err(status.into())));
+                    return;
+                }
+            };
+            loop {
+                let answer = match stream.message().await {
+                    Ok(Some(response)) => Ok(response),
+                    Ok(None) => Err(Error::StreamEnded { stream: "Watch" }),
+                    Err(status) => Err(status.into()),
+                };
+                let end = answer.is_err();
+                if answers.send((generation, answer)).is_err() || end {
+                    return;
+                }
+            }
+        });
+        self.stream = Some(Stream { requests, attempt });
+        let ids: Vec<u64> = self.subs.keys().copied().collect();
+        for id in ids {
+            self.send_create(id);
+        }
+    }
+
+    fn send_create(&mut self, id: u64) {
+        let (Some(stream), Some(sub)) = (&self.stream, self.subs.get(&id)) else {
+            return;
+        };
+        let mut create = sub.create.clone();
+        if sub.next_rev > 0 {
+            create.start_revision = sub.next_rev;
+        }
+        let request = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        };
+        if stream.requests.send(request).is_ok() {
+            self.pending.push_back(id);
+        }
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.subs.remove(&id);
+        let etcd_id = self
+            .by_etcd_id
+            .iter()
+            .find_map(|(etcd_id, ours)| (*ours == id).then_some(*etcd_id));
+        if let (Some(etcd_id), Some(stream)) = (etcd_id, &self.stream) {
+            self.by_etcd_id.remove(&etcd_id);
+            let cancel = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CancelRequest(
+                    WatchCancelRequest { watch_id: etcd_id },
+                )),
+            };
+            let _ = stream.requests.send(cancel);
+        }
+    }
+
+    async fn on_response(&mut self, response: WatchResponse) {
+        if response.created {
+            return self.on_created(response).await;
+        }
+        let Some(&id) = self.by_etcd_id.get(&response.watch_id) else {
+            return; // a watch we cancelled, or a progress notice
+        };
+        if response.canceled || response.compact_revision > 0 {
+            // This watch alone ends (say, compacted past its revision).
+            self.by_etcd_id.remove(&response.watch_id);
+            if let Some(sub) = self.subs.remove(&id) {
+                let _ = sub.events.send(Err(canceled(response)));
+            }
+            return;
+        }
+        let Some(last) = response.events.last().and_then(|e| e.kv.as_ref()) else {
+            return;
+        };
+        if let Some(sub) = self.subs.get_mut(&id) {
+            sub.next_rev = last.mod_revision + 1;
+            let _ = sub.events.send(Ok(response.events));
+        }
+    }
+
+    async fn on_created(&mut self, response: WatchResponse) {
+        let Some(id) = self.pending.pop_front() else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&id) else {
+            // Cancelled while its create was on the way.
+            if !response.canceled {
+                self.send_cancel(response.watch_id);
+            }
+            return;
+        };
+        let revision = response.header.as_ref().map_or(0, |h| h.revision);
+        if response.canceled {
+            // etcd checks a create with the token the stream was opened
+            // with, which may have expired since: renew it and try again on a
+            // new stream before the refusal counts. A refusal on a stream
+            // opened with a renewed token is meant.
+            if self.transport.has_credentials() && self.renewed_generation != Some(self.generation)
+            {
+                let attempt = self.stream.as_ref().map(|s| s.attempt.clone());
+                if let Some(attempt) = attempt {
+                    let _ = self.transport.renew_token_of(&attempt).await;
+                }
+                self.open_stream();
+                self.renewed_generation = Some(self.generation);
+                return;
+            }
+            let sub = self.subs.remove(&id).expect("present");
+            let error = canceled(response);
+            match sub.created {
+                Some(created) => drop(created.send(Err(error))),
+                None => drop(sub.events.send(Err(error))),
+            }
+            return;
+        }
+        self.by_etcd_id.insert(response.watch_id, id);
+        if sub.next_rev == 0 {
+            sub.next_rev = match sub.create.start_revision {
+                0 => revision + 1,
+                start => start,
+            };
+        }
+        if let Some(created) = sub.created.take() {
+            let _ = created.send(Ok(revision));
+        }
+    }
+
+    fn send_cancel(&self, etcd_id: i64) {
+        if let Some(stream) = &self.stream {
+            let cancel = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CancelRequest(
+                    WatchCancelRequest { watch_id: etcd_id },
+                )),
+            };
+            let _ = stream.requests.send(cancel);
+        }
+    }
+
+    /// The stream failed: watches etcd never created are told (their owners
+    /// report it and retry); the others resume on the next stream.
+    async fn on_failure(&mut self, error: Error) {
+        let attempt = self.stream.as_ref().map(|s| s.attempt.clone());
+        self.close_stream();
+        let renewed = match &attempt {
+            Some(attempt) => self.transport.recover(&error, attempt).await,
+            None => false,
+        };
+        tracing::debug!(target: crate::telemetry::TARGET, %error, renewed, "watch stream failed; reopening");
+        let never_created: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| sub.created.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in never_created {
+            if let Some(sub) = self.subs.remove(&id)
+                && let Some(created) = sub.created
+            {
+                let _ = created.send(Err(error.clone()));
+            }
+        }
+        if self.subs.is_empty() {
+            return;
+        }
+        let moved = attempt.is_some_and(|attempt| attempt.has_moved(&self.transport));
+        if renewed || moved {
+            self.open_stream();
+        } else {
+            self.reopen_at = Some(Instant::now() + RETRY);
+        }
+    }
+}
+
+/// The error of a watch etcd canceled (or started past a compaction).
+pub(crate) fn canceled(response: WatchResponse) -> Error {
+    Error::WatchCanceled {
+        reason: response.cancel_reason,
+        compact_revision: response.compact_revision,
+    }
+}
