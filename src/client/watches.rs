@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 
 use crate::client::transport::{Attempt, Transport, require_leader};
 use crate::error::{Error, Result};
@@ -131,10 +132,13 @@ struct Sub {
     /// Until etcd created it the first time.
     created: Option<oneshot::Sender<Result<i64>>>,
     events: mpsc::UnboundedSender<Result<Vec<Event>>>,
+    /// etcd's id for it on the open stream, once created there.
+    etcd_id: Option<i64>,
 }
 
-/// An answer of stream `generation`, or its end.
-type Answer = (u64, Result<WatchResponse>);
+/// Stream `generation`, connected (etcd answered its first create), or
+/// its failure to connect.
+type Connected = (u64, Result<Streaming<WatchResponse>>);
 
 /// The open stream: where its requests go, and how it was opened.
 struct Stream {
@@ -151,9 +155,12 @@ struct Hub {
     /// etcd answers a stream's creates in the order it got them.
     pending: VecDeque<u64>,
     stream: Option<Stream>,
+    /// The open stream's answers, polled by this task itself: an event goes
+    /// from the connection to its watch's owner with no task in between.
+    responses: Option<Streaming<WatchResponse>>,
     generation: u64,
-    answers_tx: mpsc::UnboundedSender<Answer>,
-    answers: mpsc::UnboundedReceiver<Answer>,
+    connected_tx: mpsc::UnboundedSender<Connected>,
+    connected: mpsc::UnboundedReceiver<Connected>,
     /// When to open the stream again after a failure.
     reopen_at: Option<Instant>,
     /// The stream opened with a token renewed after a refusal: a refusal on
@@ -163,16 +170,17 @@ struct Hub {
 
 impl Hub {
     fn new(transport: Transport) -> Hub {
-        let (answers_tx, answers) = mpsc::unbounded_channel();
+        let (connected_tx, connected) = mpsc::unbounded_channel();
         Hub {
             transport,
             subs: BTreeMap::new(),
             by_etcd_id: HashMap::new(),
             pending: VecDeque::new(),
             stream: None,
+            responses: None,
             generation: 0,
-            answers_tx,
-            answers,
+            connected_tx,
+            connected,
             reopen_at: None,
             renewed_generation: None,
         }
@@ -185,7 +193,7 @@ impl Hub {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Open { id, create, created, events }) => {
-                        let sub = Sub { create, next_rev: 0, created: Some(created), events };
+                        let sub = Sub { create, next_rev: 0, created: Some(created), events, etcd_id: None };
                         self.subs.insert(id, sub);
                         if self.stream.is_some() {
                             self.send_create(id);
@@ -196,12 +204,19 @@ impl Hub {
                     Some(Command::Cancel { id }) => self.cancel(id),
                     None => return,
                 },
-                Some((generation, answer)) = self.answers.recv() => {
-                    if generation == self.generation {
-                        match answer {
-                            Ok(response) => self.on_response(response).await,
+                Some((generation, connected)) = self.connected.recv() => {
+                    if generation == self.generation && self.stream.is_some() {
+                        match connected {
+                            Ok(responses) => self.responses = Some(responses),
                             Err(error) => self.on_failure(error).await,
                         }
+                    }
+                }
+                message = async { self.responses.as_mut().expect("guarded").message().await }, if self.responses.is_some() => {
+                    match message {
+                        Ok(Some(response)) => self.on_response(response).await,
+                        Ok(None) => self.on_failure(Error::StreamEnded { stream: "Watch" }).await,
+                        Err(status) => self.on_failure(status.into()).await,
                     }
                 }
                 // Calls moved to another member (the session found this one
@@ -227,8 +242,12 @@ impl Hub {
 
     fn close_stream(&mut self) {
         self.stream = None;
+        self.responses = None;
         self.pending.clear();
         self.by_etcd_id.clear();
+        for sub in self.subs.values_mut() {
+            sub.etcd_id = None;
+        }
     }
 
     /// Opens a stream on the member calls go to now, and creates every
@@ -238,30 +257,16 @@ impl Hub {
         self.generation += 1;
         let generation = self.generation;
         let (requests, outgoing) = mpsc::unbounded_channel();
-        let answers = self.answers_tx.clone();
+        let connected = self.connected_tx.clone();
         let mut client = WatchClient::new(self.transport.clone());
         let attempt = self.transport.attempt();
+        // Connecting waits for etcd's first answer (it sends the response
+        // headers with it): not in this task, which keeps serving meanwhile.
         tokio::spawn(async move {
             let request = require_leader(UnboundedReceiverStream::new(outgoing));
-            // etcd sends the response headers with its first answer.
-            let mut stream = match client.watch(request).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    let _ = answers.send((generation, Err(status.into())));
-                    return;
-                }
-            };
-            loop {
-                let answer = match stream.message().await {
-                    Ok(Some(response)) => Ok(response),
-                    Ok(None) => Err(Error::StreamEnded { stream: "Watch" }),
-                    Err(status) => Err(status.into()),
-                };
-                let end = answer.is_err();
-                if answers.send((generation, answer)).is_err() || end {
-                    return;
-                }
-            }
+            let answer = client.watch(request).await;
+            let answer = answer.map(|r| r.into_inner()).map_err(Error::from);
+            let _ = connected.send((generation, answer));
         });
         self.stream = Some(Stream { requests, attempt });
         let ids: Vec<u64> = self.subs.keys().copied().collect();
@@ -286,21 +291,14 @@ impl Hub {
         }
     }
 
+    /// Forgets watch `id`, and cancels it at etcd if it was created there
+    /// (one still on its way is cancelled when its creation is answered).
     fn cancel(&mut self, id: u64) {
-        self.subs.remove(&id);
-        let etcd_id = self
-            .by_etcd_id
-            .iter()
-            .find_map(|(etcd_id, ours)| (*ours == id).then_some(*etcd_id));
-        if let (Some(etcd_id), Some(stream)) = (etcd_id, &self.stream) {
-            self.by_etcd_id.remove(&etcd_id);
-            let cancel = WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CancelRequest(
-                    WatchCancelRequest { watch_id: etcd_id },
-                )),
-            };
-            let _ = stream.requests.send(cancel);
-        }
+        let Some(etcd_id) = self.subs.remove(&id).and_then(|sub| sub.etcd_id) else {
+            return;
+        };
+        self.by_etcd_id.remove(&etcd_id);
+        self.send_cancel(etcd_id);
     }
 
     async fn on_response(&mut self, response: WatchResponse) {
@@ -363,6 +361,7 @@ impl Hub {
             return;
         }
         self.by_etcd_id.insert(response.watch_id, id);
+        sub.etcd_id = Some(response.watch_id);
         if sub.next_rev == 0 {
             sub.next_rev = match sub.create.start_revision {
                 0 => revision + 1,
