@@ -102,3 +102,36 @@ pub use event::{ElectionEvent, EventObserver};
 pub use session::{
     DEFAULT_SESSION_TTL, MAX_LEASE_TTL, NO_LEASE, Session, SessionConfig, SessionObserver,
 };
+
+/// What the cores' unit tests share: their transition tables are read from
+/// their own module docs, and actions are compared by name.
+#[cfg(test)]
+mod transition_table {
+    /// The rows `| phase | input | next phase | actions |` of the table in
+    /// `source`'s module docs, backticks removed.
+    pub(crate) fn rows(source: &str) -> Vec<[String; 4]> {
+        source
+            .lines()
+            .filter(|line| line.starts_with("//! | `"))
+            .map(|line| {
+                let cells: Vec<String> = line
+                    .trim_start_matches("//!")
+                    .split('|')
+                    .map(|cell| cell.trim().replace('`', ""))
+                    .collect();
+                [1, 2, 3, 4].map(|i| cells[i].clone())
+            })
+            .collect()
+    }
+
+    /// Each action's variant name, in order.
+    pub(crate) fn names<T: std::fmt::Debug>(actions: impl Iterator<Item = T>) -> Vec<String> {
+        actions
+            .map(|action| {
+                let debug = format!("{action:?}");
+                let name = debug.split([' ', '{', '(']).next().expect("a name");
+                name.to_owned()
+            })
+            .collect()
+    }
+}

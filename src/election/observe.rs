@@ -174,10 +174,10 @@ async fn observe_once(
             Ok(events) => events,
             Err(error) => return Some(error),
         };
-        if let Some(report) = follower.on_events(events)
-            && reports.send(Ok(Observed::Report(report))).is_err()
-        {
-            return ended();
+        for report in follower.on_events(events) {
+            if reports.send(Ok(Observed::Report(report))).is_err() {
+                return ended();
+            }
         }
     }
 }
@@ -238,33 +238,38 @@ impl Follower {
         (follower, report)
     }
 
-    /// The watch's next events; a report if the leader or its data changed.
-    pub fn on_events(&mut self, events: Vec<Event>) -> Option<Report> {
+    /// The watch's next events, in revision order: a report for each
+    /// revision after which the leader, or its data, changed. A batch may
+    /// hold many revisions (etcd replays a resumed watch's history in one
+    /// response): each change is still reported once, as of its revision.
+    pub fn on_events(&mut self, events: Vec<Event>) -> Vec<Report> {
         // Changes up to the read's revision are in the read already.
         let read_rev = self.read_rev;
-        let events: Vec<Event> = events
+        let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        let mut events = events
             .into_iter()
-            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision > read_rev))
-            .collect();
-        let as_of_rev = events
-            .iter()
-            .filter_map(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision)
-            .max()?;
-        for event in events {
+            .filter(|e| revision(e) > read_rev)
+            .peekable();
+        let mut reports = Vec::new();
+        while let Some(event) = events.next() {
+            let rev = revision(&event);
             self.apply(event);
+            // A revision's events come together: report once it is whole.
+            if events.peek().is_some_and(|next| revision(next) == rev) {
+                continue;
+            }
+            let report = self.report(rev);
+            let same = match (&report.leader, &self.reported) {
+                (Some(a), Some(b)) => (&a.key, &a.data, a.rev) == (&b.key, &b.data, b.rev),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.reported = report.leader.clone();
+                reports.push(report);
+            }
         }
-        let report = self.report(as_of_rev);
-        let same = match (&report.leader, &self.reported) {
-            (Some(a), Some(b)) => (&a.key, &a.data, a.rev) == (&b.key, &b.data, b.rev),
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
-            return None;
-        }
-        self.reported = report.leader.clone();
-        Some(report)
+        reports
     }
 
     fn apply(&mut self, event: Event) {
@@ -302,24 +307,8 @@ pub(crate) async fn until_deleted(
         if !client.recover(&error, &attempt).await {
             tokio::time::sleep(retry).await;
         }
-        // Which are left, as of one revision, to watch on from there: reads
-        // at different revisions could miss a delete between them.
-        let reads = keys
-            .iter()
-            .map(|key| {
-                range_op(RangeRequest {
-                    key: key.clone().into(),
-                    count_only: true,
-                    ..Default::default()
-                })
-            })
-            .collect();
-        let txn = TxnRequest {
-            success: reads,
-            ..Default::default()
-        };
         // Unknown: watch them all again from where we were.
-        let Ok(response) = client.kv().txn(txn).await else {
+        let Ok(response) = client.kv().txn(left_of(&keys)).await else {
             continue;
         };
         let response = response.into_inner();
@@ -336,6 +325,26 @@ pub(crate) async fn until_deleted(
         if keys.is_empty() {
             return;
         }
+    }
+}
+
+/// Which of `keys` are left, read as of one revision, to watch on from
+/// there: reads at different revisions could miss a delete between them.
+/// The answer has one count per key, in order.
+pub fn left_of(keys: &[Vec<u8>]) -> TxnRequest {
+    let reads = keys
+        .iter()
+        .map(|key| {
+            range_op(RangeRequest {
+                key: key.clone().into(),
+                count_only: true,
+                ..Default::default()
+            })
+        })
+        .collect();
+    TxnRequest {
+        success: reads,
+        ..Default::default()
     }
 }
 
@@ -365,5 +374,52 @@ pub fn deletes_watch(keys: &[Vec<u8>], rev: i64) -> WatchCreateRequest {
         start_revision: rev + 1,
         filters: vec![watch_create_request::FilterType::Noput as i32],
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, create: i64, rev: i64) -> Event {
+        Event {
+            r#type: event::EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: key.to_owned().into(),
+                value: value.to_owned().into(),
+                create_revision: create,
+                mod_revision: rev,
+                lease: 1,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_revisions_is_reported_revision_by_revision() {
+        let name = "/elections/jobs";
+        let leader = format!("{name}/1");
+        let (mut follower, first) =
+            Follower::new(name, 16, vec![put(&leader, "v0", 10, 16).kv.unwrap()]);
+        assert_eq!(first.leader.map(|l| l.data), Some("v0".into()));
+        // A resumed watch's replay: three proclaims, one younger candidate
+        // (no change of leader), and an event the read already had.
+        let batch = vec![
+            put(&leader, "v0", 10, 16),
+            put(&leader, "v1", 10, 17),
+            put(&format!("{name}/2"), "other", 18, 18),
+            put(&leader, "v2", 10, 19),
+            put(&leader, "v3", 10, 20),
+        ];
+        let reports = follower.on_events(batch);
+        let seen: Vec<(String, i64)> = reports
+            .iter()
+            .map(|r| (r.leader.as_ref().unwrap().data.clone(), r.as_of_rev))
+            .collect();
+        assert_eq!(
+            seen,
+            [("v1".into(), 17), ("v2".into(), 19), ("v3".into(), 20)]
+        );
     }
 }

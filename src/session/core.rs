@@ -387,6 +387,7 @@ impl LeaseCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transition_table::{names, rows};
 
     const ID: i64 = 0x1234;
     const TTL: i64 = 6;
@@ -405,16 +406,7 @@ mod tests {
     }
 
     fn drain(core: &mut LeaseCore) -> Vec<String> {
-        std::iter::from_fn(|| core.poll_action())
-            .map(|action| {
-                let debug = format!("{action:?}");
-                debug
-                    .split([' ', '{', '('])
-                    .next()
-                    .expect("a name")
-                    .to_owned()
-            })
-            .collect()
+        names(std::iter::from_fn(|| core.poll_action()))
     }
 
     /// A core in `phase`, made by the inputs that lead there.
@@ -457,30 +449,9 @@ mod tests {
         }
     }
 
-    /// The rows of the module docs' transition table.
-    fn table() -> Vec<[String; 4]> {
-        include_str!("core.rs")
-            .lines()
-            .filter(|line| line.starts_with("//! | `"))
-            .map(|line| {
-                let cells: Vec<String> = line
-                    .trim_start_matches("//!")
-                    .split('|')
-                    .map(|cell| cell.trim().replace('`', ""))
-                    .collect();
-                [
-                    cells[1].clone(),
-                    cells[2].clone(),
-                    cells[3].clone(),
-                    cells[4].clone(),
-                ]
-            })
-            .collect()
-    }
-
     #[test]
     fn every_row_of_the_transition_table_is_what_the_code_does() {
-        let rows = table();
+        let rows = rows(include_str!("core.rs"));
         assert!(rows.len() >= 19, "the table has {} rows", rows.len());
         let mut wrong = Vec::new();
         for [phase, input, next, actions] in rows {

@@ -103,7 +103,7 @@ pub use proxy::{Proxy, ProxyState};
 pub mod core {
     pub use crate::election::candidacy::{candidacy_txn, entered, is_go_candidate};
     pub use crate::election::core::{Action, Candidacy, Entered, Phase, RETRY};
-    pub use crate::election::observe::{Follower, Report, deletes_watch};
+    pub use crate::election::observe::{Follower, Report, deletes_watch, left_of};
     pub use crate::sabotage::Sabotage;
     pub use crate::session::core::{LeaseAction, LeaseCore, LeasePhase, safety_margin};
 }

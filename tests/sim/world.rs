@@ -20,7 +20,7 @@ use etcdutil::proto::mvccpb::KeyValue;
 use etcdutil::proto::v3electionpb::{LeaderKey, ProclaimRequest, ResignRequest};
 use etcdutil::testing::core::{
     Action, Candidacy, Follower, LeaseAction, LeaseCore, Report, Sabotage, candidacy_txn,
-    deletes_watch, entered, is_go_candidate,
+    deletes_watch, entered, is_go_candidate, left_of,
 };
 use tokio::time::Instant;
 use tonic::Status;
@@ -411,7 +411,12 @@ impl World {
         let epoch = Instant::now();
         let mut world = World {
             rng,
-            etcd: Etcd::new(settings.seed),
+            etcd: {
+                // Replays of history in one response, as etcd sends them.
+                let mut etcd = Etcd::new(settings.seed);
+                etcd.set_batch_replay(true);
+                etcd
+            },
             now: Duration::ZERO,
             queue: BinaryHeap::new(),
             events: HashMap::new(),
@@ -1336,7 +1341,7 @@ impl World {
                 stream,
                 mut follower,
             } => {
-                if let Some(report) = follower.on_events(reply.events) {
+                for report in follower.on_events(reply.events) {
                     self.report(c, report);
                 }
                 Observer::Following { stream, follower }
@@ -1366,7 +1371,7 @@ impl World {
         let (mut follower, report) = Follower::new(ELECTION, rev, kvs);
         self.report(c, report);
         for reply in pending {
-            if let Some(report) = follower.on_events(reply.events) {
+            for report in follower.on_events(reply.events) {
                 self.report(c, report);
             }
         }
@@ -1452,20 +1457,7 @@ impl World {
         };
         let keys = blockers.keys.clone();
         let generation = self.candidates[c].blockers_gen;
-        let reads = keys
-            .iter()
-            .map(|key| RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: key.clone().into(),
-                    count_only: true,
-                    ..Default::default()
-                })),
-            })
-            .collect();
-        let txn = TxnRequest {
-            success: reads,
-            ..Default::default()
-        };
+        let txn = left_of(&keys);
         self.call(
             c,
             Call::BlockersLeft { keys, generation },
@@ -1721,27 +1713,15 @@ impl World {
                 self.log(|| format!("FAULT cut c{target} for {heal_after:?}"));
                 self.candidates[target].link = Link::Cut;
                 self.break_connection(target, None, &tonic_unavailable("connection reset"));
-                self.candidates[target].link_gen += 1;
-                let generation = self.candidates[target].link_gen;
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Link(target, generation),
-                    },
-                );
+                self.candidates[target].link_gen =
+                    self.heal_later(heal_after, |generation| Heal::Link(target, generation));
             }
             2 | 3 if reachable > 2 && self.candidates[target].link == Link::Up => {
                 self.outcome.faults += 1;
                 self.log(|| format!("FAULT blackhole c{target} for {heal_after:?}"));
                 self.candidates[target].link = Link::Blackhole;
-                self.candidates[target].link_gen += 1;
-                let generation = self.candidates[target].link_gen;
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Link(target, generation),
-                    },
-                );
+                self.candidates[target].link_gen =
+                    self.heal_later(heal_after, |generation| Heal::Link(target, generation));
             }
             4 if self.members.len() > 1 && self.members.iter().all(|m| *m == Member::Up) => {
                 let m = self.rng.below(self.members.len() as u64) as usize;
@@ -1765,14 +1745,8 @@ impl World {
                 for c in 0..self.candidates.len() {
                     self.break_connection(c, Some(m), &status);
                 }
-                self.member_gen[m] += 1;
-                let generation = self.member_gen[m];
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Member(m, generation),
-                    },
-                );
+                self.member_gen[m] =
+                    self.heal_later(heal_after, |generation| Heal::Member(m, generation));
             }
             5 => {
                 self.outcome.faults += 1;
@@ -1784,14 +1758,8 @@ impl World {
                 let factor = 2 + self.rng.below(20) as u32;
                 self.log(|| format!("FAULT c{target}'s latency x{factor} for {heal_after:?}"));
                 self.candidates[target].spike = factor;
-                self.candidates[target].spike_gen += 1;
-                let generation = self.candidates[target].spike_gen;
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Spike(target, generation),
-                    },
-                );
+                self.candidates[target].spike_gen =
+                    self.heal_later(heal_after, |generation| Heal::Spike(target, generation));
             }
             7 => {
                 self.outcome.faults += 1;
@@ -1799,14 +1767,8 @@ impl World {
                     format!("FAULT c{target} loses requests and answers for {heal_after:?}")
                 });
                 self.candidates[target].lossy = true;
-                self.candidates[target].loss_gen += 1;
-                let generation = self.candidates[target].loss_gen;
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Loss(target, generation),
-                    },
-                );
+                self.candidates[target].loss_gen =
+                    self.heal_later(heal_after, |generation| Heal::Loss(target, generation));
             }
             8 => {
                 if let Some(l) = leader {
@@ -1851,14 +1813,8 @@ impl World {
                     format!("FAULT c{target}'s {kind:?} stream lags {lag:?} for {heal_after:?}")
                 });
                 self.candidates[target].lag = Some((kind, lag));
-                self.candidates[target].lag_gen += 1;
-                let generation = self.candidates[target].lag_gen;
-                self.schedule(
-                    heal_after,
-                    Ev::Heal {
-                        what: Heal::Lag(target, generation),
-                    },
-                );
+                self.candidates[target].lag_gen =
+                    self.heal_later(heal_after, |generation| Heal::Lag(target, generation));
             }
             _ => {}
         }
@@ -1885,6 +1841,19 @@ impl World {
             let _ = self.etcd.lease_revoke(lease);
         }
         self.flush_watches();
+    }
+
+    /// Schedules the end of a fault; returns its generation, which a newer
+    /// fault of the same kind replaces (then this heal does nothing).
+    fn heal_later(&mut self, after: Duration, what: impl FnOnce(u64) -> Heal) -> u64 {
+        let generation = self.next_id();
+        self.schedule(
+            after,
+            Ev::Heal {
+                what: what(generation),
+            },
+        );
+        generation
     }
 
     fn heal(&mut self, what: Heal) {
@@ -1928,11 +1897,12 @@ impl World {
             self.candidates[c].spike = 1;
             self.candidates[c].lossy = false;
             self.candidates[c].lag = None;
-            self.candidates[c].link_gen += 1;
+            self.candidates[c].link_gen = self.next_id();
         }
         for m in 0..self.members.len() {
             self.members[m] = Member::Up;
-            self.member_gen[m] += 1;
+            // Heals still on their way no longer apply.
+            self.member_gen[m] = self.next_id();
         }
         for c in 0..self.candidates.len() {
             if self.candidates[c].closed {
