@@ -41,7 +41,9 @@
 //!
 //!    **Settled**, interleaved rep by rep with the raw floor: the same by
 //!    `close()`, but B sits in the race for 300 ms first; and etcd's raw
-//!    Election RPCs with leases kept by hand: A's `Campaign` wins, B's
+//!    Election RPCs sent by stock tonic (`tonic::client::Grpc` on two plain
+//!    `Channel`s, tonic-prost's codec: nothing of this crate on the way)
+//!    with leases kept by hand: A's `Campaign` wins, B's
 //!    `Campaign` waits in etcd for 300 ms, then from A's `Resign` to B's
 //!    `Campaign` returning. 100 reps each (quick: 10). Target: our median
 //!    <= 1.0x the raw one.
@@ -116,6 +118,7 @@ use etcdutil::{
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = std::result::Result<T, BoxError>;
@@ -1135,40 +1138,44 @@ async fn repeat_pair(
     (collect(b), collect(a))
 }
 
-/// The same handover with etcd's raw Election RPCs and leases kept by hand:
-/// A campaigns and wins, B's Campaign waits in etcd for [`SETTLE`], then
-/// from A's Resign to B's Campaign returning: the floor for a handover.
-async fn raw_handover(
-    ctx: &Ctx<'_>,
-    a_client: &Client,
-    b_client: &Client,
-    i: usize,
-) -> Res<Duration> {
-    use etcdutil::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
-    use etcdutil::proto::v3electionpb::{CampaignRequest, ResignRequest};
-    let name = format!("/elections/{}/raw-{i}", ctx.prefix).into_bytes();
-    let grant = |client: &Client| {
-        let mut lease = client.lease();
-        async move {
-            let request = LeaseGrantRequest {
-                ttl: ELECTION_TTL,
-                id: 0,
-            };
-            Ok::<i64, tonic::Status>(lease.lease_grant(request).await?.into_inner().id)
-        }
+/// The same handover with etcd's raw Election RPCs and leases kept by hand,
+/// sent by stock tonic (`tonic::client::Grpc` on a plain `Channel`, with
+/// tonic-prost's codec): nothing of this crate's transport, stubs or codec is
+/// on the way, only etcd's message types. A campaigns and wins, B's Campaign
+/// waits in etcd for [`SETTLE`], then from A's Resign to B's Campaign
+/// returning: the floor for a handover. `a` and `b` are separate
+/// connections, as two processes would have.
+async fn raw_handover(ctx: &Ctx<'_>, a: &Channel, b: &Channel, i: usize) -> Res<Duration> {
+    use etcdutil::proto::etcdserverpb::{
+        LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     };
-    let (a_lease, b_lease) = (grant(a_client).await?, grant(b_client).await?);
-    let campaign = |client: &Client, lease: i64, value: &[u8]| {
-        let mut election = client.election();
+    use etcdutil::proto::v3electionpb::{
+        CampaignRequest, CampaignResponse, ResignRequest, ResignResponse,
+    };
+    const GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+    const REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
+    const CAMPAIGN: &str = "/v3electionpb.Election/Campaign";
+    const RESIGN: &str = "/v3electionpb.Election/Resign";
+    let name = format!("/elections/{}/raw-{i}", ctx.prefix).into_bytes();
+    let grant = async |channel: &Channel| {
+        let request = LeaseGrantRequest {
+            ttl: ELECTION_TTL,
+            id: 0,
+        };
+        let granted = stock_unary::<_, LeaseGrantResponse>(channel.clone(), GRANT, request).await?;
+        Ok::<i64, tonic::Status>(granted.id)
+    };
+    let (a_lease, b_lease) = (grant(a).await?, grant(b).await?);
+    let campaign = |channel: Channel, lease: i64, value: &'static [u8]| {
         let request = CampaignRequest {
             name: name.clone().into(),
             lease,
-            value: value.to_vec().into(),
+            value: value.into(),
         };
-        async move { election.campaign(request).await }
+        stock_unary::<_, CampaignResponse>(channel, CAMPAIGN, request)
     };
-    let a_term = campaign(a_client, a_lease, b"a").await?.into_inner().leader;
-    let b_waits = campaign(b_client, b_lease, b"b");
+    let a_term = campaign(a.clone(), a_lease, b"a").await?.leader;
+    let b_waits = campaign(b.clone(), b_lease, b"b");
     let b_wins = tokio::spawn(async move {
         let won = b_waits.await;
         (Instant::now(), won)
@@ -1178,28 +1185,46 @@ async fn raw_handover(
         return Err("B's Campaign returned before A resigned".into());
     }
     let t0 = Instant::now();
-    a_client
-        .election()
-        .resign(ResignRequest { leader: a_term })
-        .await?;
+    let resign = ResignRequest { leader: a_term };
+    stock_unary::<_, ResignResponse>(a.clone(), RESIGN, resign).await?;
     let (at, won) = tokio::time::timeout(Duration::from_secs(10), b_wins)
         .await
         .map_err(|_| "B's Campaign did not return within 10 s of the Resign")??;
     won?;
-    for (client, id) in [(a_client, a_lease), (b_client, b_lease)] {
-        client
-            .lease()
-            .lease_revoke(LeaseRevokeRequest { id })
-            .await?;
+    for (channel, id) in [(a, a_lease), (b, b_lease)] {
+        let revoke = LeaseRevokeRequest { id };
+        stock_unary::<_, LeaseRevokeResponse>(channel.clone(), REVOKE, revoke).await?;
     }
     Ok(at.saturating_duration_since(t0))
 }
 
-/// Scenario 6 against a plain tonic channel to the same etcd, without this
-/// crate's transport, interleaved with ours (raw, ours, raw, ours): Put
-/// rates `(ours, raw)` at `in_flight`, each the better of its two runs.
-async fn throughput_vs_raw(ctx: &Ctx<'_>, client: &Client, in_flight: usize) -> Res<(f64, f64)> {
-    use etcdutil::proto::etcdserverpb::kv_client::KvClient;
+/// One unary call by stock tonic: its generic client, its prost codec.
+fn stock_unary<Req, Resp>(
+    channel: Channel,
+    path: &'static str,
+    request: Req,
+) -> impl std::future::Future<Output = Result<Resp, tonic::Status>> + Send + 'static
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    async move {
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let response = grpc
+            .unary(tonic::Request::new(request), path, codec)
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
+/// A stock tonic channel to the first endpoint (plaintext), without this
+/// crate's transport.
+async fn stock_channel(ctx: &Ctx<'_>) -> Res<Channel> {
     let endpoint = ctx
         .base
         .endpoints
@@ -1212,10 +1237,17 @@ async fn throughput_vs_raw(ctx: &Ctx<'_>, client: &Client, in_flight: usize) -> 
     } else {
         format!("http://{endpoint}")
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)?
+    Ok(tonic::transport::Endpoint::from_shared(endpoint)?
         .connect()
-        .await?;
-    let raw = KvClient::new(channel);
+        .await?)
+}
+
+/// Scenario 6 against a plain tonic channel to the same etcd, without this
+/// crate's transport, interleaved with ours (raw, ours, raw, ours): Put
+/// rates `(ours, raw)` at `in_flight`, each the better of its two runs.
+async fn throughput_vs_raw(ctx: &Ctx<'_>, client: &Client, in_flight: usize) -> Res<(f64, f64)> {
+    use etcdutil::proto::etcdserverpb::kv_client::KvClient;
+    let raw = KvClient::new(stock_channel(ctx).await?);
     let (mut ours, mut best_raw) = (0.0f64, 0.0f64);
     for _ in 0..2 {
         best_raw = best_raw.max(put_rate(ctx, in_flight, || raw.clone()).await?);
@@ -1521,10 +1553,11 @@ async fn run_mode_in(
             p.settled_reps
         ),
     );
+    let (a_stock, b_stock) = (stock_channel(&ctx).await?, stock_channel(&ctx).await?);
     let (ours, raw) = repeat_pair(
         p.settled_reps,
         REP_TIMEOUT,
-        async |i| raw_handover(&ctx, &a_client, &b_client, i).await,
+        async |i| raw_handover(&ctx, &a_stock, &b_stock, i).await,
         async |i| handover(&ctx, &a_client, &b_client, Handover::Close, SETTLE, i).await,
     )
     .await;
