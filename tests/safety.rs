@@ -1,51 +1,68 @@
-//! The safety checker (project issue 5, item 4): random faults against one
-//! election, and the properties that must hold whatever happens.
+//! The safety checker (project issue 5, item 4): random faults against
+//! several elections at once, and the properties that must hold in each of
+//! them whatever happens.
 //!
-//! N candidates (3 to 5, chosen by the seed) run in one election over a real
-//! 3-member etcd cluster. Each candidate has its own [`Client`] whose three
-//! endpoints are three fault [`Proxy`]s of its own, one per member, so a
-//! candidate can be cut off alone. For a fixed time faults are injected at
-//! random, one at a time, with a random pause (50 ms to 1 s) after each:
+//! N candidate slots (3 to 5, chosen by the seed) run in [`ELECTIONS`]
+//! elections (`<base>-0`, `<base>-1`, ...) over a real 3-member etcd
+//! cluster: each slot stands one candidate in every election. Each slot has
+//! its own [`Client`] whose three endpoints are three fault [`Proxy`]s of its
+//! own, one per member, so a slot can be cut off alone. A slot stands its
+//! elections in one of two forms, fixed per slot (slot 0 shares, slot 1 does
+//! not, the seed picks for the others, so both forms always meet):
 //!
-//! - cut, blackhole or restore all three proxies of one candidate;
+//! - shared: one [`Session`] (TTL 2 s) and `new_election_on_async` for each
+//!   election, so one lease carries them all and its loss takes them all;
+//! - own: `new_election_async` for each election, a session apiece.
+//!
+//! For a fixed time faults are injected at random, one at a time, with a
+//! random pause (50 ms to 1 s) after each:
+//!
+//! - cut, blackhole or restore all three proxies of one slot;
 //! - SIGSTOP / SIGCONT a member, or SIGKILL it and restart it (at most one
 //!   member down or paused at a time, so the cluster keeps its quorum);
-//! - `concede()` on the current leader;
-//! - `close()` a candidate, and later rejoin its slot with a new `Client`
-//!   and `new_election_async`.
+//! - `concede()` in one election, by the slot that leads it;
+//! - `close()` a slot (a shared slot closes its session, which closes its
+//!   elections first; an own slot closes each election), and later rejoin
+//!   it with a new `Client`, and a new session and elections.
 //!
-//! At least two candidates stay reachable and joined at any time (so the
-//! election can always move on), but any candidate, the leader more often
-//! than the others, may be hit. Candidates use a TTL of 2 s.
+//! At least two slots stay reachable and joined at any time (so every
+//! election can always move on), but any slot, a leading one more often than
+//! the others, may be hit. Every lease has a TTL of 2 s.
 //!
-//! One sampler task reads every candidate's `is_leader()` every 5 ms, on one
-//! monotonic clock, and checks:
+//! One sampler task reads every candidate's `is_leader()` in every election
+//! every 5 ms, on one monotonic clock, and checks in each election apart (a
+//! slot leading several elections at once is what sharing is for):
 //!
-//! - (a) never two candidates leading in the same sample;
-//! - (b) the fencing tokens (`leader_key().rev`) of successive terms only
-//!   grow: whenever a candidate is seen leading its term is recorded, and
-//!   each new term's rev must be greater than the previous term's;
+//! - (a) never two candidates leading the election in the same sample;
+//! - (b) the fencing tokens (`leader_key().rev`) of the election's successive
+//!   terms only grow: whenever a candidate is seen leading its term is
+//!   recorded, and each new term's rev must be greater than the previous
+//!   term's in that election;
 //!
 //! and after the faults:
 //!
 //! - (c) once everything is restored (proxies forwarding, members resumed or
-//!   restarted, closed candidates rejoined), exactly one leader within
-//!   TTL + 2 s;
-//! - (d) once every candidate closed, no key left under
+//!   restarted, closed slots rejoined), exactly one leader in every election
+//!   within TTL + 2 s;
+//! - (d) once every slot closed, no key left under any election's
 //!   `/elections/<name>/` and no lease left (`LeaseLeases`), asked through a
 //!   fresh direct client. Leases that faults orphaned on etcd (a grant or
 //!   keepalive held by a blackhole and delivered after its sender gave up)
 //!   live until their TTL runs out, so this is polled for up to 2 TTL + 2 s.
 //!
-//! Failover (reported, not asserted) is the time from a fault aimed at the
-//! leader to the first sample showing another term; see `Observed::on_term`
-//! for the exact rule.
+//! Failover (reported, not asserted) is the time from a fault aimed at an
+//! election's leader to the first sample showing another term in that
+//! election; see `Observed::on_term` for the exact rule.
 //!
 //! It ends with one summary line on stdout, printed before any assertion:
 //!
 //! ```text
-//! safety: 0 overlaps in 11482 samples, 87 faults, 41 repairs, 38 leader changes, max failover 2.9 s, seed 12345; ...
+//! safety: 0 overlaps in 11482 samples, 87 faults, 41 repairs, 38 leader changes, max failover 2.9 s, seed 12345; ..., 3 elections, 2 of 4 slots on a shared session
 //! ```
+//!
+//! A sample is one pass of the sampler, which reads every election; the
+//! counts (overlaps, leader changes, regressions) add up over the elections,
+//! and "leader after restore" is the time until every election had one.
 //!
 //! # Running
 //!
@@ -62,13 +79,14 @@
 //!
 //! `SAFETY_SECS` is the time faults are injected (default 60); restoring,
 //! the checks and closing add about 10 s. The seed (from `SAFETY_SEED`, else
-//! the clock) is printed first. It fixes the number of candidates and every
-//! random choice, but the faults act on real processes and real timing, so a
+//! the clock) is printed first. It fixes the number of slots, their forms
+//! and every random choice, but the faults act on real processes and real timing, so a
 //! replay follows the same choices rather than the exact same history.
 //!
 //! When a check fails, the test prints the log around it: every fault, every
 //! event of every candidate and every leader change the sampler saw, with
-//! times in seconds since the start.
+//! times in seconds since the start. A candidate is `c<slot>.<generation>`,
+//! and `e<i>` is election `<base>-<i>`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -78,11 +96,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcdutil::proto::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest};
 use etcdutil::testing::{Cluster, Proxy};
-use etcdutil::{Client, Config, Election, ElectionConfig, ElectionEvent, new_election_async};
+use etcdutil::{
+    Client, Config, Election, ElectionConfig, ElectionEvent, Session, SessionConfig,
+    new_election_async, new_election_on_async,
+};
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 
 /// The candidates' lease TTL, in seconds.
 const TTL: u64 = 2;
+/// Elections run at once, every slot a candidate in each.
+const ELECTIONS: usize = 3;
 const MEMBERS: usize = 3;
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// (c): one leader within this long once everything is restored.
@@ -217,10 +240,12 @@ impl Log {
     }
 }
 
-/// A term as the sampler saw it: which candidate (slot and generation, a
-/// rejoined slot being a new generation) and the term's fencing token.
+/// A term as the sampler saw it: in which election, which candidate (slot
+/// and generation, a rejoined slot being a new generation) and the term's
+/// fencing token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Term {
+    election: usize,
     slot: usize,
     generation: u32,
     rev: i64,
@@ -228,35 +253,116 @@ struct Term {
 
 impl fmt::Display for Term {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}.{} rev {}", self.slot, self.generation, self.rev)
+        write!(
+            f,
+            "e{} c{}.{} rev {}",
+            self.election, self.slot, self.generation, self.rev
+        )
     }
 }
 
-/// One candidate: its own client (through its slot's proxies) and election.
+/// How a slot stands its elections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// All on one session of the slot's: one lease, one fate.
+    Shared,
+    /// Each on a session of its own (`new_election_async`).
+    Own,
+}
+
+/// One slot's candidate in every election: its own client (through its
+/// slot's proxies), its elections in order, and the session they stand on
+/// when they share one.
 struct Candidate {
     slot: usize,
     generation: u32,
-    election: Election,
+    elections: Vec<Election>,
+    /// Held here: an election does not keep its shared session alive.
+    session: Option<Session>,
     client: Client,
 }
 
 impl Candidate {
+    /// Stands in every election of `configs` (their order is the elections'
+    /// order), in `form`.
+    fn stand(
+        slot: usize,
+        generation: u32,
+        form: Form,
+        client: Client,
+        configs: Vec<ElectionConfig>,
+    ) -> Result<Candidate, String> {
+        let session = match form {
+            Form::Shared => {
+                let config = SessionConfig {
+                    ttl: TTL as i64,
+                    ..Default::default()
+                };
+                Some(Session::new(&client, config).map_err(|e| format!("Session::new: {e}"))?)
+            }
+            Form::Own => None,
+        };
+        let mut elections = Vec::new();
+        for config in configs {
+            let election = match &session {
+                Some(session) => new_election_on_async(session, config)
+                    .map_err(|e| format!("new_election_on_async: {e}"))?,
+                None => new_election_async(&client, config)
+                    .map_err(|e| format!("new_election_async: {e}"))?,
+            };
+            elections.push(election);
+        }
+        Ok(Candidate {
+            slot,
+            generation,
+            elections,
+            session,
+            client,
+        })
+    }
+
     fn name(&self) -> String {
         format!("c{}.{}", self.slot, self.generation)
     }
 
-    /// Its term, if it leads.
-    fn term(&self) -> Option<Term> {
-        self.election.leader_key().map(|key| Term {
+    fn leads(&self, election: usize) -> bool {
+        self.elections[election].is_leader()
+    }
+
+    /// Its term in `election`, if it leads there.
+    fn term(&self, election: usize) -> Option<Term> {
+        self.elections[election].leader_key().map(|key| Term {
+            election,
             slot: self.slot,
             generation: self.generation,
             rev: key.rev,
         })
     }
+
+    /// Leaves every election: a shared session closes its elections itself
+    /// (each resigns) and then revokes its lease, the order under test; own
+    /// elections close side by side, each within the same TTL + 1 s. True
+    /// if none of them still leads once it returns, as both promise.
+    async fn close(self: Arc<Self>) -> bool {
+        if let Some(session) = &self.session {
+            session.close().await;
+        } else {
+            let mut closing = tokio::task::JoinSet::new();
+            for election in 0..self.elections.len() {
+                let candidate = self.clone();
+                closing.spawn(async move { candidate.elections[election].close().await });
+            }
+            while closing.join_next().await.is_some() {}
+        }
+        !self.elections.iter().any(Election::is_leader)
+    }
 }
 
 /// The candidates the sampler reads, by slot.
 type Candidates = Arc<Mutex<Vec<Option<Arc<Candidate>>>>>;
+
+/// What the sampler saw, by election.
+type Observations = Arc<Mutex<Vec<Observed>>>;
 
 /// A fault aimed at the leader, waiting for the next term.
 struct Pending {
@@ -265,9 +371,11 @@ struct Pending {
     fault: String,
 }
 
-/// What the sampler saw.
+/// What the sampler saw in one election.
 #[derive(Default)]
 struct Observed {
+    /// Which election (its index).
+    election: usize,
     /// Print overlaps and regressions as they are seen (the real run only).
     loud: bool,
     samples: u64,
@@ -308,14 +416,17 @@ impl Observed {
         self.last_sample = Some(now);
         if skewed {
             self.skewed += 1;
-            log.push("sampler: two leaders in one pass only (a handover between reads)");
+            log.push(format!(
+                "sampler: e{}: two leaders in one pass only (a handover between reads)",
+                self.election
+            ));
         }
         if leading.len() > 1 {
             let who = leading
                 .iter()
                 .map(|(name, term)| match term {
                     Some(term) => term.to_string(),
-                    None => format!("{name} (term already gone)"),
+                    None => format!("e{} {name} (term already gone)", self.election),
                 })
                 .collect::<Vec<_>>()
                 .join(" and ");
@@ -404,37 +515,90 @@ impl Observed {
         log.push(format!("sampler: {term} leads"));
         self.last_term = Some(term);
     }
+
+    /// Every election's observations in one, for the summary: counts add
+    /// up, the worst case wins, and a leader after restore counts only once
+    /// every election has one (see [`last_to_lead`]).
+    fn merge(mut self, other: Observed) -> Observed {
+        self.samples = self.samples.max(other.samples);
+        self.max_gap = self.max_gap.max(other.max_gap);
+        self.overlaps.extend(other.overlaps);
+        self.overlaps.sort_by_key(|(at, _)| *at);
+        self.skewed += other.skewed;
+        self.regressions.extend(other.regressions);
+        self.regressions.sort_by_key(|(at, _, _)| *at);
+        self.leader_changes += other.leader_changes;
+        self.failovers.extend(other.failovers);
+        let worse = |(took, _): &(Duration, String)| {
+            self.worst_failover
+                .as_ref()
+                .is_none_or(|(worst, _)| took > worst)
+        };
+        if other.worst_failover.as_ref().is_some_and(worse) {
+            self.worst_failover = other.worst_failover;
+            self.worst_pending = other.worst_pending;
+        }
+        self.leader_after_restore =
+            last_to_lead(&[self.leader_after_restore, other.leader_after_restore]);
+        self
+    }
 }
 
-/// One sample: which candidates lead, and whether the reads were skewed.
+/// (c) over all elections: the time until the last of them had one leader,
+/// or `None` while one has none.
+fn last_to_lead(each: &[Option<(Duration, Term)>]) -> Option<(Duration, Term)> {
+    let each: Option<Vec<(Duration, Term)>> = each.iter().copied().collect();
+    each?.into_iter().max_by_key(|(took, _)| *took)
+}
+
+/// One election in one sample: who leads it, and whether the reads were skewed.
+type Sample = (Vec<(String, Option<Term>)>, bool);
+
+/// One sample of the first `elections` elections: who leads each.
 ///
-/// The atomics are read in two passes, forward then backward, and a
-/// candidate counts as leading if both passes saw it lead. For any two
-/// candidates X before Y, X's reads enclose Y's (X, Y, ..., Y, X): if both
-/// lead in both passes, X led from its first read to its last (a term cannot
-/// end and another start within microseconds), so both led at the instant of
-/// Y's reads. A single pass alone could report a handover between two reads
-/// (a preempted sampler) as an overlap; such samples are counted as skewed.
-fn read(candidates: &Candidates) -> (Vec<(String, Option<Term>)>, bool) {
+/// Every candidate's atomic in every election is read in two passes, in one
+/// order (candidate by candidate, election by election) forward then
+/// backward, and a candidate counts as leading an election if both passes
+/// saw it lead. For any two reads X before Y, X's reads enclose Y's (X, Y,
+/// ..., Y, X): if two candidates lead one election in both passes, the first
+/// led from its first read to its last (a term cannot end and another start
+/// within microseconds), so both led at the instant of the second's reads. A
+/// single pass alone could report a handover between two reads (a preempted
+/// sampler) as an overlap; such samples are counted as skewed. Leaders of
+/// different elections are never compared: one slot leading them all is
+/// what a shared session allows.
+fn read(candidates: &Candidates, elections: usize) -> Vec<Sample> {
     let all = lock(candidates);
-    let live: Vec<&Candidate> = all.iter().flatten().map(|c| &**c).collect();
-    let forward: Vec<bool> = live.iter().map(|c| c.election.is_leader()).collect();
-    let mut backward: Vec<bool> = live.iter().rev().map(|c| c.election.is_leader()).collect();
-    backward.reverse();
-    let leading: Vec<(String, Option<Term>)> = live
+    let reads: Vec<(&Candidate, usize)> = all
         .iter()
-        .zip(forward.iter().zip(&backward))
-        .filter(|(_, (forward, backward))| **forward && **backward)
-        .map(|(c, _)| (c.name(), c.term()))
+        .flatten()
+        .flat_map(|c| (0..elections).map(move |e| (&**c, e)))
         .collect();
-    let count = |pass: &[bool]| pass.iter().filter(|leads| **leads).count();
-    let skewed = leading.len() < 2 && (count(&forward) > 1 || count(&backward) > 1);
-    (leading, skewed)
+    let forward: Vec<bool> = reads.iter().map(|(c, e)| c.leads(*e)).collect();
+    let mut backward: Vec<bool> = reads.iter().rev().map(|(c, e)| c.leads(*e)).collect();
+    backward.reverse();
+    (0..elections)
+        .map(|election| {
+            let in_election = reads
+                .iter()
+                .zip(forward.iter().zip(&backward))
+                .filter(|((_, e), _)| *e == election);
+            let leading: Vec<(String, Option<Term>)> = in_election
+                .clone()
+                .filter(|(_, (forward, backward))| **forward && **backward)
+                .map(|((c, _), _)| (c.name(), c.term(election)))
+                .collect();
+            let in_forward = in_election.clone().filter(|(_, (f, _))| **f).count();
+            let in_backward = in_election.filter(|(_, (_, b))| **b).count();
+            let skewed = leading.len() < 2 && (in_forward > 1 || in_backward > 1);
+            (leading, skewed)
+        })
+        .collect()
 }
 
 async fn sampler(
     candidates: Candidates,
-    observed: Arc<Mutex<Observed>>,
+    observed: Observations,
     log: Arc<Log>,
     stop: Arc<AtomicBool>,
     until: Instant,
@@ -444,8 +608,15 @@ async fn sampler(
     while !stop.load(Ordering::SeqCst) && Instant::now() < until {
         tick.tick().await;
         let now = Instant::now();
-        let (leading, skewed) = read(&candidates);
-        lock(&observed).record(now, leading, skewed, &log);
+        let sample = read(&candidates, ELECTIONS);
+        record_all(&mut lock(&observed), now, sample, &log);
+    }
+}
+
+/// Records one sample, each election into its own observations.
+fn record_all(observed: &mut [Observed], now: Instant, sample: Vec<Sample>, log: &Log) {
+    for (election, (leading, skewed)) in observed.iter_mut().zip(sample) {
+        election.record(now, leading, skewed, log);
     }
 }
 
@@ -469,7 +640,8 @@ enum Fault {
     Restore(usize),
     Close(usize),
     Rejoin(usize),
-    Concede(usize),
+    /// A slot concedes one election it leads: (slot, election).
+    Concede(usize, usize),
     Pause(usize),
     Resume(usize),
     Kill(usize),
@@ -484,7 +656,7 @@ impl Fault {
             Fault::Restore(_) => "restore",
             Fault::Close(_) => "close",
             Fault::Rejoin(_) => "rejoin",
-            Fault::Concede(_) => "concede",
+            Fault::Concede(..) => "concede",
             Fault::Pause(_) => "pause",
             Fault::Resume(_) => "resume",
             Fault::Kill(_) => "kill",
@@ -508,8 +680,8 @@ impl fmt::Display for Fault {
             | Fault::Blackhole(i)
             | Fault::Restore(i)
             | Fault::Close(i)
-            | Fault::Rejoin(i)
-            | Fault::Concede(i) => write!(f, "{} slot {i}", self.kind()),
+            | Fault::Rejoin(i) => write!(f, "{} slot {i}", self.kind()),
+            Fault::Concede(i, e) => write!(f, "{} slot {i} in e{e}", self.kind()),
             Fault::Pause(m) | Fault::Resume(m) | Fault::Kill(m) | Fault::Restart(m) => {
                 write!(f, "{} member{m}", self.kind())
             }
@@ -520,6 +692,8 @@ impl fmt::Display for Fault {
 /// One candidate's place: its proxies (one per member) and who runs there.
 struct Slot {
     proxies: Vec<Proxy>,
+    /// How every generation here stands its elections.
+    form: Form,
     link: Link,
     /// The next generation to join here.
     generation: u32,
@@ -537,9 +711,10 @@ struct World {
     cluster: Cluster,
     slots: Vec<Slot>,
     candidates: Candidates,
-    observed: Arc<Mutex<Observed>>,
+    observed: Observations,
     log: Arc<Log>,
-    election: String,
+    /// The elections' names, by index.
+    elections: Vec<String>,
     down: Option<(usize, Down)>,
     rng: Rng,
     counts: BTreeMap<&'static str, u64>,
@@ -574,9 +749,24 @@ impl World {
             Err(_) => return Err(format!("{who}: connect: no answer in {CONNECT_LIMIT:?}")),
         };
         self.slots[slot].generation += 1;
+        let configs = (0..self.elections.len())
+            .map(|election| self.config(election, &who))
+            .collect();
+        let form = self.slots[slot].form;
+        let candidate = Candidate::stand(slot, generation, form, client, configs)
+            .map_err(|error| format!("{who}: {error}"))?;
+        let candidate = Arc::new(candidate);
+        self.slots[slot].live = Some(candidate.clone());
+        lock(&self.candidates)[slot] = Some(candidate);
+        self.log.push(format!("{who} joined ({form:?})"));
+        Ok(())
+    }
+
+    /// Candidate `who`'s config in election `election`: its events go to the log.
+    fn config(&self, election: usize, who: &str) -> ElectionConfig {
         let log = self.log.clone();
-        let prefix = format!("/elections/{}/", self.election);
-        let name = who.clone();
+        let prefix = format!("/elections/{}/", self.elections[election]);
+        let name = format!("e{election} {who}");
         let observer = Arc::new(move |event: ElectionEvent| {
             let mut line = format!("{name} event:");
             if event.is_done {
@@ -599,32 +789,26 @@ impl World {
             }
             log.push(line);
         });
-        let config = ElectionConfig {
+        ElectionConfig {
             event_observer: Some(observer),
-            election: self.election.clone(),
-            candidate: who.clone(),
+            election: self.elections[election].clone(),
+            candidate: who.to_owned(),
             ttl: TTL as i64,
-        };
-        let election = new_election_async(&client, config)
-            .map_err(|e| format!("{who}: new_election_async: {e}"))?;
-        let candidate = Arc::new(Candidate {
-            slot,
-            generation,
-            election,
-            client,
-        });
-        self.slots[slot].live = Some(candidate.clone());
-        lock(&self.candidates)[slot] = Some(candidate);
-        self.log.push(format!("{who} joined"));
-        Ok(())
+        }
     }
 
-    /// The candidate leading now, if any.
-    fn leader(&self) -> Option<Arc<Candidate>> {
-        self.slots
-            .iter()
-            .filter_map(|slot| slot.live.clone())
-            .find(|c| c.election.is_leader())
+    /// Each election's leader now, if it has one: (election, candidate).
+    fn leaders(&self) -> Vec<(usize, Arc<Candidate>)> {
+        (0..self.elections.len())
+            .filter_map(|election| {
+                let leader = self
+                    .slots
+                    .iter()
+                    .filter_map(|slot| slot.live.clone())
+                    .find(|c| c.leads(election))?;
+                Some((election, leader))
+            })
+            .collect()
     }
 
     /// The member a candidate's client sends its calls to now.
@@ -638,13 +822,16 @@ impl World {
     }
 
     fn choose(&mut self) -> Fault {
-        let leader = self.leader();
-        let leader_slot = leader.as_ref().map(|c| c.slot);
-        let leader_member = leader.as_ref().and_then(|c| self.member_of(c));
+        let leaders = self.leaders();
+        let leader_slots: Vec<usize> = leaders.iter().map(|(_, c)| c.slot).collect();
+        let leader_members: Vec<usize> = leaders
+            .iter()
+            .filter_map(|(_, c)| self.member_of(c))
+            .collect();
         let healthy = self.slots.iter().filter(|s| s.healthy()).count();
         let mut options = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
-            let bias = if leader_slot == Some(i) { 3 } else { 1 };
+            let bias = if leader_slots.contains(&i) { 3 } else { 1 };
             if slot.link != Link::Forwarding {
                 options.push((4, Fault::Restore(i)));
             }
@@ -661,13 +848,16 @@ impl World {
                 options.push((4, Fault::Rejoin(i)));
             }
         }
-        if let Some(slot) = leader_slot {
-            options.push((4, Fault::Concede(slot)));
+        // One concede among all the elections led, as likely as one was
+        // with a single election.
+        if !leaders.is_empty() {
+            let (election, leader) = &leaders[self.rng.below(leaders.len() as u64) as usize];
+            options.push((4, Fault::Concede(leader.slot, *election)));
         }
         match self.down {
             None => {
                 for m in 0..MEMBERS {
-                    let bias = if leader_member == Some(m) { 2 } else { 1 };
+                    let bias = if leader_members.contains(&m) { 2 } else { 1 };
                     options.push((2 * bias, Fault::Pause(m)));
                     options.push((2 * bias, Fault::Kill(m)));
                 }
@@ -678,23 +868,36 @@ impl World {
         self.rng.weighted(&options)
     }
 
+    /// Whether `fault` is aimed at `leader`'s term in `election`.
+    fn hits(&self, fault: Fault, election: usize, leader: &Candidate) -> bool {
+        match fault {
+            Fault::Cut(i) | Fault::Blackhole(i) | Fault::Close(i) => i == leader.slot,
+            Fault::Concede(i, e) => i == leader.slot && e == election,
+            Fault::Pause(m) | Fault::Kill(m) => self.member_of(leader) == Some(m),
+            _ => false,
+        }
+    }
+
     async fn apply(&mut self, fault: Fault) {
         let now = Instant::now();
-        let removed = self.leader().and_then(|leader| {
-            let hit = match fault {
-                Fault::Cut(i) | Fault::Blackhole(i) | Fault::Close(i) | Fault::Concede(i) => {
-                    i == leader.slot
-                }
-                Fault::Pause(m) | Fault::Kill(m) => self.member_of(&leader) == Some(m),
-                _ => false,
-            };
-            if hit { leader.term() } else { None }
-        });
-        match removed {
-            Some(term) => {
-                self.log
-                    .push(format!("fault: {fault} (aimed at the leader, {term})"));
-                let mut observed = lock(&self.observed);
+        // A fault at a slot is aimed at every election it leads.
+        let removed: Vec<Term> = self
+            .leaders()
+            .iter()
+            .filter(|(election, leader)| self.hits(fault, *election, leader))
+            .filter_map(|(election, leader)| leader.term(*election))
+            .collect();
+        if removed.is_empty() {
+            self.log.push(format!("fault: {fault}"));
+        } else {
+            let terms: Vec<String> = removed.iter().map(Term::to_string).collect();
+            self.log.push(format!(
+                "fault: {fault} (aimed at the leader of {})",
+                terms.join(", ")
+            ));
+            let mut observed = lock(&self.observed);
+            for term in removed {
+                let observed = &mut observed[term.election];
                 if observed.pending.is_none() {
                     observed.pending = Some(Pending {
                         since: now,
@@ -703,7 +906,6 @@ impl World {
                     });
                 }
             }
-            None => self.log.push(format!("fault: {fault}")),
         }
         *self.counts.entry(fault.kind()).or_default() += 1;
         if fault.is_repair() {
@@ -750,12 +952,12 @@ impl World {
                     self.log.push(format!("rejoin slot {i} failed: {error}"));
                 }
             }
-            Fault::Concede(i) => {
+            Fault::Concede(i, e) => {
                 let Some(candidate) = self.slots[i].live.clone() else {
                     return;
                 };
-                let name = candidate.name();
-                match timeout(Duration::from_secs(5), candidate.election.concede()).await {
+                let name = format!("e{e} {}", candidate.name());
+                match timeout(Duration::from_secs(5), candidate.elections[e].concede()).await {
                     Ok(Ok(conceded)) => self.log.push(format!("{name} concede: {conceded}")),
                     Ok(Err(error)) => self.log.push(format!("{name} concede failed: {error}")),
                     Err(_) => self.error(format!("{name}: concede did not return in 5 s")),
@@ -797,12 +999,13 @@ impl World {
         };
         let name = candidate.name();
         let started = Instant::now();
-        let closed = timeout(CLOSE_LIMIT, candidate.election.close()).await;
+        let closed = timeout(CLOSE_LIMIT, candidate.close()).await;
         lock(&self.candidates)[slot] = None;
         match closed {
-            Ok(()) => self
+            Ok(true) => self
                 .log
                 .push(format!("{name} closed in {:?}", started.elapsed())),
+            Ok(false) => self.error(format!("{name}: leads after its close")),
             Err(_) => self.error(format!("{name}: close did not return in {CLOSE_LIMIT:?}")),
         }
     }
@@ -846,6 +1049,27 @@ impl World {
             }
         }
     }
+}
+
+/// How slot `slot` stands its elections: slot 0 on a shared session, slot 1
+/// on sessions of its own, so both forms meet in every run; the seed picks
+/// for the others.
+fn form(slot: usize, rng: &mut Rng) -> Form {
+    match slot {
+        0 => Form::Shared,
+        1 => Form::Own,
+        _ if rng.below(2) == 0 => Form::Shared,
+        _ => Form::Own,
+    }
+}
+
+/// The keys under every election's prefix.
+async fn keys_under_all(client: &Client, elections: &[String]) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    for election in elections {
+        keys.extend(keys_under(client, &format!("/elections/{election}/")).await?);
+    }
+    Ok(keys)
 }
 
 /// The keys under `prefix`.
@@ -923,8 +1147,11 @@ async fn safety_under_random_faults() {
     let fault_time = Duration::from_secs(fault_secs());
     let mut rng = Rng(seed);
     let n = 3 + rng.below(3) as usize;
+    let forms: Vec<Form> = (0..n).map(|slot| form(slot, &mut rng)).collect();
+    let shared = forms.iter().filter(|form| **form == Form::Shared).count();
     println!(
-        "safety: seed {seed}, {n} candidates, {} of faults, TTL {TTL} s (replay: SAFETY_SEED={seed})",
+        "safety: seed {seed}, {n} candidates in {ELECTIONS} elections, forms {forms:?}, {} of faults, \
+         TTL {TTL} s (replay: SAFETY_SEED={seed})",
         secs(fault_time)
     );
 
@@ -932,15 +1159,20 @@ async fn safety_under_random_faults() {
         .await
         .expect("start a 3-member etcd cluster");
     let log = Arc::new(Log::new());
-    let election = format!("safety-{}-{seed}", std::process::id());
-    let prefix = format!("/elections/{election}/");
+    let base = format!("safety-{}-{seed}", std::process::id());
+    let elections: Vec<String> = (0..ELECTIONS).map(|e| format!("{base}-{e}")).collect();
     let candidates: Candidates = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
-    let observed = Arc::new(Mutex::new(Observed {
-        loud: true,
-        ..Observed::default()
-    }));
+    let observed: Observations = Arc::new(Mutex::new(
+        (0..ELECTIONS)
+            .map(|election| Observed {
+                election,
+                loud: true,
+                ..Observed::default()
+            })
+            .collect(),
+    ));
     let mut slots = Vec::new();
-    for _ in 0..n {
+    for form in forms {
         let mut proxies = Vec::new();
         for m in 0..MEMBERS {
             let target = cluster.member(m).client_addr();
@@ -948,6 +1180,7 @@ async fn safety_under_random_faults() {
         }
         slots.push(Slot {
             proxies,
+            form,
             link: Link::Forwarding,
             generation: 0,
             live: None,
@@ -959,7 +1192,7 @@ async fn safety_under_random_faults() {
         candidates: candidates.clone(),
         observed: observed.clone(),
         log: log.clone(),
-        election,
+        elections: elections.clone(),
         down: None,
         rng,
         counts: BTreeMap::new(),
@@ -985,11 +1218,11 @@ async fn safety_under_random_faults() {
     ));
 
     let first = Instant::now();
-    while world.leader().is_none() && first.elapsed() < Duration::from_secs(15) {
+    while world.leaders().len() < ELECTIONS && first.elapsed() < Duration::from_secs(15) {
         sleep(Duration::from_millis(10)).await;
     }
-    if world.leader().is_none() {
-        world.error("no leader within 15 s of the start".into());
+    if world.leaders().len() < ELECTIONS {
+        world.error("not every election had a leader within 15 s of the start".into());
     }
 
     // The faults.
@@ -1002,17 +1235,26 @@ async fn safety_under_random_faults() {
     }
     log.push("faults over: restoring everything");
 
-    // (c) one leader within TTL + 2 s of the restoration.
+    // (c) one leader in every election within TTL + 2 s of the restoration.
     world.restore_all().await;
     let restored_at = Instant::now();
-    lock(&observed).restored_at = Some(restored_at);
+    for election in lock(&observed).iter_mut() {
+        election.restored_at = Some(restored_at);
+    }
     log.push("restored");
+    let every_led = || {
+        let each: Vec<_> = lock(&observed)
+            .iter()
+            .map(|election| election.leader_after_restore)
+            .collect();
+        last_to_lead(&each)
+    };
     // Wait longer than the limit, to report how late a late leader was.
     let wait_until = restored_at + LEADER_AFTER_RESTORE + Duration::from_secs(10);
-    while lock(&observed).leader_after_restore.is_none() && Instant::now() < wait_until {
+    while every_led().is_none() && Instant::now() < wait_until {
         sleep(Duration::from_millis(10)).await;
     }
-    let leader_after_restore = lock(&observed).leader_after_restore;
+    let leader_after_restore = every_led();
     let restore_window = log.window(restored_at - Duration::from_secs(3), Instant::now());
 
     // (d) everyone closes; nothing is left.
@@ -1023,17 +1265,17 @@ async fn safety_under_random_faults() {
         if let Some(candidate) = slot.live.take() {
             closing.spawn(async move {
                 let started = Instant::now();
-                let closed = timeout(CLOSE_LIMIT, candidate.election.close())
-                    .await
-                    .is_ok();
-                (candidate.name(), closed, started.elapsed())
+                let name = candidate.name();
+                let closed = timeout(CLOSE_LIMIT, candidate.close()).await;
+                (name, closed, started.elapsed())
             });
         }
     }
     while let Some(joined) = closing.join_next().await {
         match joined {
-            Ok((name, true, took)) => log.push(format!("{name} closed in {took:?}")),
-            Ok((name, false, _)) => world.error(format!(
+            Ok((name, Ok(true), took)) => log.push(format!("{name} closed in {took:?}")),
+            Ok((name, Ok(false), _)) => world.error(format!("{name}: leads after its final close")),
+            Ok((name, Err(_), _)) => world.error(format!(
                 "{name}: final close did not return in {CLOSE_LIMIT:?}"
             )),
             Err(error) => world.error(format!("a close task failed: {error}")),
@@ -1065,7 +1307,7 @@ async fn safety_under_random_faults() {
     let mut clean_after = None;
     if let Some(direct) = &direct {
         loop {
-            let keys = keys_under(direct, &prefix).await;
+            let keys = keys_under_all(direct, &elections).await;
             let held = leases(direct).await;
             match (keys, held) {
                 (Ok(keys), Ok(held)) => {
@@ -1092,7 +1334,10 @@ async fn safety_under_random_faults() {
     }
 
     // The summary, before any assertion.
-    let observed = std::mem::take(&mut *lock(&observed));
+    let observed = std::mem::take(&mut *lock(&observed))
+        .into_iter()
+        .reduce(Observed::merge)
+        .expect("at least one election");
     let (faults, repairs) = (world.faults, world.repairs);
     let max_failover = observed
         .worst_failover
@@ -1103,7 +1348,8 @@ async fn safety_under_random_faults() {
     println!(
         "safety: {} overlaps in {} samples, {faults} faults, {repairs} repairs, {} leader changes, \
          max failover {max_failover}, seed {seed}; {} token regressions, leader {after_restore} \
-         after restore, clean {clean} after close, {n} candidates, {} of faults",
+         after restore, clean {clean} after close, {n} candidates, {} of faults, \
+         {ELECTIONS} elections, {shared} of {n} slots on a shared session",
         observed.overlaps.len(),
         observed.samples,
         observed.leader_changes,
@@ -1194,7 +1440,7 @@ async fn safety_under_random_faults() {
     );
     assert!(
         leader_in_time,
-        "(c) no single leader within {LEADER_AFTER_RESTORE:?} of the restoration (after: {leader_after_restore:?})"
+        "(c) not a single leader in every election within {LEADER_AFTER_RESTORE:?} of the restoration (the last after: {leader_after_restore:?})"
     );
     assert!(
         clean_after.is_some(),
@@ -1211,65 +1457,126 @@ async fn safety_under_random_faults() {
     );
 }
 
-/// A negative control for the checker itself: two candidates that both lead
-/// (each alone in an election of its own) are an overlap to the sampler, and
-/// a term with a smaller rev after a larger one is a regression.
+/// Polls `check` until it holds, failing the test after `limit`.
+async fn wait_for(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A negative control for the checker itself: two candidates leading what
+/// it takes for one election are an overlap, while one candidate leading
+/// several elections is not; a term with a smaller rev after a larger one
+/// in one election is a regression, while across elections it is not.
+///
+/// Slot 0 stands in control-a and control-b on one shared session, slot 1
+/// in control-c and control-b on sessions of its own. Each leads its
+/// election 0 (control-a and control-c, each alone there), which the
+/// checker takes for one election: an overlap. In election 1 (control-b)
+/// slot 0 leads and slot 1 waits behind it: no overlap, though slot 0 leads
+/// two elections at once.
 #[tokio::test]
 async fn the_checker_sees_what_it_checks() {
     let etcd = etcdutil::testing::Etcd::start().await.expect("start etcd");
     let client = Client::connect(etcd.config()).await.expect("connect");
     let log = Log::new();
-    let mut all = Vec::new();
-    for slot in 0..2 {
-        let config = ElectionConfig {
-            election: format!("control-{slot}"),
-            candidate: format!("c{slot}.0"),
-            ttl: TTL as i64,
-            ..Default::default()
-        };
-        let election = timeout(
-            Duration::from_secs(10),
-            etcdutil::new_election(&client, config),
-        )
-        .await
-        .expect("new_election in time")
-        .expect("new_election");
-        all.push(Some(Arc::new(Candidate {
-            slot,
-            generation: 0,
-            election,
-            client: client.clone(),
-        })));
-    }
-    let candidates: Candidates = Arc::new(Mutex::new(all));
-    let (leading, skewed) = read(&candidates);
-    assert_eq!(leading.len(), 2, "{leading:?}");
-    assert!(!skewed);
-    let mut observed = Observed::default();
-    observed.record(Instant::now(), leading, skewed, &log);
-    assert_eq!(observed.overlaps.len(), 1);
+    let config = |election: &str, slot: usize| ElectionConfig {
+        election: election.into(),
+        candidate: format!("c{slot}.0"),
+        ttl: TTL as i64,
+        ..Default::default()
+    };
+    let configs = vec![config("control-a", 0), config("control-b", 0)];
+    let first = Candidate::stand(0, 0, Form::Shared, client.clone(), configs).expect("slot 0");
+    wait_for("slot 0 leads both", Duration::from_secs(10), || {
+        first.leads(0) && first.leads(1)
+    })
+    .await;
+    let (seen, mut sights) = tokio::sync::mpsc::unbounded_channel();
+    let behind = ElectionConfig {
+        event_observer: Some(Arc::new(move |event: ElectionEvent| drop(seen.send(event)))),
+        ..config("control-b", 1)
+    };
+    let configs = vec![config("control-c", 1), behind];
+    let second = Candidate::stand(1, 0, Form::Own, client.clone(), configs).expect("slot 1");
+    wait_for("slot 1 leads control-c", Duration::from_secs(10), || {
+        second.leads(0)
+    })
+    .await;
+    let sight = timeout(Duration::from_secs(10), async {
+        loop {
+            let event = sights.recv().await.expect("slot 1's control-b events");
+            if !event.leader_key.is_empty() {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("slot 1 sees who leads control-b");
+    assert_eq!(
+        (sight.is_leader, sight.leader_data.as_str()),
+        (false, "c0.0")
+    );
 
-    let term = |slot, rev| Term {
+    let candidates: Candidates = Arc::new(Mutex::new(vec![
+        Some(Arc::new(first)),
+        Some(Arc::new(second)),
+    ]));
+    let sample = read(&candidates, 2);
+    let names = |(leading, _): &Sample| leading.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&sample[0]), ["c0.0", "c1.0"]);
+    assert_eq!(names(&sample[1]), ["c0.0"]);
+    assert!(sample.iter().all(|(_, skewed)| !skewed));
+    let mut observed: Vec<Observed> = (0..2)
+        .map(|election| Observed {
+            election,
+            ..Observed::default()
+        })
+        .collect();
+    record_all(&mut observed, Instant::now(), sample, &log);
+    assert_eq!(observed[0].overlaps.len(), 1);
+    assert!(observed[1].overlaps.is_empty());
+
+    let term = |election, slot, rev| Term {
+        election,
         slot,
         generation: 0,
         rev,
     };
-    let mut observed = Observed::default();
-    for (slot, rev) in [(0, 10), (0, 10), (1, 12), (0, 11)] {
-        observed.record(
-            Instant::now(),
-            vec![(format!("c{slot}.0"), Some(term(slot, rev)))],
-            false,
-            &log,
-        );
+    let lone = |term: Term| vec![(format!("c{}.0", term.slot), Some(term))];
+    let mut observed: Vec<Observed> = (0..2)
+        .map(|election| Observed {
+            election,
+            ..Observed::default()
+        })
+        .collect();
+    // Per step, (slot, rev) leading election 0 and election 1. Election 0
+    // goes 10, 12, 11: a regression. Election 1 goes 9, 11: none, though its
+    // 11 comes after election 0's 12 (revisions are compared per election).
+    let steps = [
+        ((0, 10), (1, 9)),
+        ((0, 10), (1, 9)),
+        ((1, 12), (1, 9)),
+        ((0, 11), (0, 11)),
+    ];
+    for ((s0, rev0), (s1, rev1)) in steps {
+        let sample = vec![
+            (lone(term(0, s0, rev0)), false),
+            (lone(term(1, s1, rev1)), false),
+        ];
+        record_all(&mut observed, Instant::now(), sample, &log);
     }
-    assert_eq!(observed.leader_changes, 2);
-    assert_eq!(observed.regressions.len(), 1);
-    assert_eq!(observed.regressions[0].1, term(1, 12));
-    assert!(observed.overlaps.is_empty());
+    assert_eq!(observed[0].leader_changes, 2);
+    assert_eq!(observed[0].regressions.len(), 1);
+    assert_eq!(observed[0].regressions[0].1, term(0, 1, 12));
+    assert_eq!(observed[1].leader_changes, 1);
+    assert!(observed[1].regressions.is_empty());
+    assert!(observed.iter().all(|o| o.overlaps.is_empty()));
 
     let all: Vec<Arc<Candidate>> = lock(&candidates).drain(..).flatten().collect();
     for candidate in all {
-        candidate.election.close().await;
+        assert!(candidate.close().await, "no election leads once closed");
     }
 }
