@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use etcdutil::proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
-use etcdutil::{Election, ElectionEvent, Error, new_election, new_election_async};
+use etcdutil::{
+    Client, Election, ElectionConfig, ElectionEvent, Error, EventObserver, NO_LEASE, Session,
+    SessionConfig, new_election, new_election_async, new_election_on,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -445,8 +448,18 @@ async fn bad_election_config_is_refused_and_leaves_nothing() {
 /// etcdctl's `elect` and ours take turns in one election.
 #[tokio::test]
 async fn interop_with_etcdctl_elect() {
+    interop_with_etcdctl_elect_as(Form::Own).await;
+}
+
+#[tokio::test]
+async fn interop_with_etcdctl_elect_on_a_shared_session() {
+    interop_with_etcdctl_elect_as(Form::Shared).await;
+}
+
+async fn interop_with_etcdctl_elect_as(form: Form) {
     let etcd = etcd().await;
     let client = client(&etcd).await;
+    let ground = Ground::new(&client, form).await;
     let name = unique("interop");
     let mut etcdctl = tokio::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -470,7 +483,7 @@ async fn interop_with_etcdctl_elect() {
         .unwrap();
     assert!(key.starts_with(&format!("/elections/{name}/")), "{key}");
 
-    let (ours, mut events) = candidate(&client, &name, "ours", 5).await;
+    let (ours, mut events) = ground.stand(&name, "ours").await;
     let first = next(&mut events, 1.0).await;
     assert!(!first.is_leader);
     assert_eq!(
@@ -517,6 +530,7 @@ async fn interop_with_etcdctl_elect() {
         .unwrap();
     assert_eq!(data, "ours");
     ours.close().await;
+    ground.close().await;
 }
 
 #[allow(dead_code)]
@@ -607,6 +621,97 @@ async fn nothing_is_left_in_etcd_when_close_returns() {
     assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no lease left");
 }
 
+/// How our candidate stands in the tests that share an election with other
+/// implementations: both forms must keep the same keys and rules.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// `new_election`: a session of its own.
+    Own,
+    /// `new_election_on` a caller's session, with another election on it.
+    Shared,
+}
+
+/// The TTL of our candidates, and of the shared session.
+const OUR_TTL: i64 = 5;
+
+/// Where our candidates stand: each on a session of its own, or all on one
+/// shared session on which a neighbour, alone in an election of its own,
+/// stood first (so the lease is really shared, and in use when ours enter).
+struct Ground {
+    client: Client,
+    /// The shared session, the neighbour and the lease it had at the start.
+    shared: Option<(Session, Election, i64)>,
+}
+
+impl Ground {
+    async fn new(client: &Client, form: Form) -> Ground {
+        let shared = match form {
+            Form::Own => None,
+            Form::Shared => {
+                let config = SessionConfig {
+                    ttl: OUR_TTL,
+                    ..Default::default()
+                };
+                let session = Session::new(client, config).expect("a session");
+                let (observer, _events) = recorder();
+                let neighbour = config_for(&unique("neighbour"), "neighbour", observer);
+                let neighbour = within(5.0, "the neighbour", new_election_on(&session, neighbour))
+                    .await
+                    .expect("the neighbour's election");
+                assert!(
+                    neighbour.is_leader(),
+                    "the neighbour is alone in its election"
+                );
+                let lease = session.lease_id();
+                assert_ne!(lease, NO_LEASE);
+                Some((session, neighbour, lease))
+            }
+        };
+        Ground {
+            client: client.clone(),
+            shared,
+        }
+    }
+
+    /// Candidate `id` in `election`, once its first outcome is known, and its events.
+    async fn stand(
+        &self,
+        election: &str,
+        id: &str,
+    ) -> (Election, mpsc::UnboundedReceiver<ElectionEvent>) {
+        let Some((session, _, _)) = &self.shared else {
+            return candidate(&self.client, election, id, OUR_TTL).await;
+        };
+        let (observer, events) = recorder();
+        let config = config_for(election, id, observer);
+        let election = within(5.0, "new_election_on", new_election_on(session, config))
+            .await
+            .unwrap_or_else(|e| panic!("candidate {id}: {e}"));
+        (election, events)
+    }
+
+    /// Once our candidates closed: closing them left the neighbour leading
+    /// on the same lease; then the session closes, and the neighbour with it.
+    async fn close(self) {
+        let Some((session, neighbour, lease)) = self.shared else {
+            return;
+        };
+        assert!(neighbour.is_leader(), "closing ours unseated the neighbour");
+        assert_eq!(
+            session.lease_id(),
+            lease,
+            "closing ours kept the shared lease"
+        );
+        within(10.0, "the session's close", session.close()).await;
+        assert!(!neighbour.is_leader(), "the session closed its elections");
+    }
+}
+
+/// Our candidates' config (on a shared session, its TTL is the session's).
+fn config_for(election: &str, id: &str, observer: EventObserver) -> ElectionConfig {
+    config(election, id, OUR_TTL, observer)
+}
+
 /// Writes a candidate the way the Go package (`holster/etcdutil`) does: key
 /// `/elections/<name><lease hex>`, put if absent under its own lease (kept
 /// alive by a session), the candidate's name as the value.
@@ -684,12 +789,22 @@ async fn go_leader(client: &etcdutil::Client, election: &str) -> Option<String> 
 /// as the leader, and takes over within 1 s of its key's deletion.
 #[tokio::test]
 async fn go_package_candidate_entered_first_leads_and_ours_follows() {
+    go_package_candidate_entered_first_leads_and_ours_follows_as(Form::Own).await;
+}
+
+#[tokio::test]
+async fn go_package_candidate_entered_first_leads_and_ours_follows_on_a_shared_session() {
+    go_package_candidate_entered_first_leads_and_ours_follows_as(Form::Shared).await;
+}
+
+async fn go_package_candidate_entered_first_leads_and_ours_follows_as(form: Form) {
     let etcd = etcd().await;
     let client = client(&etcd).await;
+    let ground = Ground::new(&client, form).await;
     let name = unique("mixed");
     let (go_session, go_key) = go_candidate(&client, &name, "go-a").await;
 
-    let (ours, mut events) = candidate(&client, &name, "rust-b", 5).await;
+    let (ours, mut events) = ground.stand(&name, "rust-b").await;
     assert!(
         !ours.is_leader(),
         "two leaders: the Go candidate entered first"
@@ -717,16 +832,27 @@ async fn go_package_candidate_entered_first_leads_and_ours_follows() {
     .await;
     assert!(ours.is_leader(), "after {:?}", deleted.elapsed());
     ours.close().await;
+    ground.close().await;
 }
 
 /// A Go candidate that enters after ours does not affect us (the Go package
 /// sees our older key and defers), and takes over when ours closes.
 #[tokio::test]
 async fn go_package_candidate_entered_later_defers_to_ours() {
+    go_package_candidate_entered_later_defers_to_ours_as(Form::Own).await;
+}
+
+#[tokio::test]
+async fn go_package_candidate_entered_later_defers_to_ours_on_a_shared_session() {
+    go_package_candidate_entered_later_defers_to_ours_as(Form::Shared).await;
+}
+
+async fn go_package_candidate_entered_later_defers_to_ours_as(form: Form) {
     let etcd = etcd().await;
     let client = client(&etcd).await;
+    let ground = Ground::new(&client, form).await;
     let name = unique("mixed-later");
-    let (ours, mut events) = candidate(&client, &name, "rust-a", 5).await;
+    let (ours, mut events) = ground.stand(&name, "rust-a").await;
     assert!(ours.is_leader());
     let our_key = next(&mut events, 1.0).await.leader_key;
     let (_go_session, go_key) = go_candidate(&client, &name, "go-b").await;
@@ -754,27 +880,40 @@ async fn go_package_candidate_entered_later_defers_to_ours() {
     );
     assert!(!third.is_leader());
     third.close().await;
+    ground.close().await;
 }
 
 /// Keys of election "foobar", in our layout and in the Go package's, are not
-/// candidates of election "foo" (whose Go range they fall into).
+/// candidates of election "foo" (whose Go range they fall into). On a shared
+/// session, foobar's key of ours is even on foo's lease.
 #[tokio::test]
 async fn foo_ignores_foobar_in_both_layouts() {
+    foo_ignores_foobar_in_both_layouts_as(Form::Own).await;
+}
+
+#[tokio::test]
+async fn foo_ignores_foobar_in_both_layouts_on_a_shared_session() {
+    foo_ignores_foobar_in_both_layouts_as(Form::Shared).await;
+}
+
+async fn foo_ignores_foobar_in_both_layouts_as(form: Form) {
     let etcd = etcd().await;
     let client = client(&etcd).await;
-    let foo = unique("foo");
-    let foobar = format!("{foo}bar");
+    let ground = Ground::new(&client, form).await;
+    let foo_election = unique("foo");
+    let foobar = format!("{foo_election}bar");
     let (_go_session, _go_key) = go_candidate(&client, &foobar, "go-foobar").await;
-    let (rust_foobar, _) = candidate(&client, &foobar, "rust-foobar", 5).await;
+    let (rust_foobar, _) = ground.stand(&foobar, "rust-foobar").await;
     assert!(
         !rust_foobar.is_leader(),
         "the Go candidate of foobar entered first"
     );
 
-    let (ours, _) = candidate(&client, &foo, "rust-foo", 5).await;
+    let (ours, _) = ground.stand(&foo_election, "rust-foo").await;
     assert!(ours.is_leader(), "foo's only candidate leads");
     ours.close().await;
     rust_foobar.close().await;
+    ground.close().await;
 }
 
 /// A candidate whose member goes silent (a blackhole: only HTTP/2 pings,
