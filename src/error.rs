@@ -80,8 +80,10 @@ pub enum Error {
     /// The requested revision was compacted away.
     #[error("revision compacted")]
     Compacted(#[source] Status),
-    /// The member could not serve the request in time or is going away
-    /// (etcd's `request timed out` family, `leader changed`, `server stopped`).
+    /// The member could not serve the request in time, is going away or is
+    /// overloaded (etcd's `request timed out` family, `leader changed`,
+    /// `server stopped`, `too many requests`): another try, or another
+    /// member, may serve it.
     #[error("etcd member could not serve the request")]
     MemberUnavailable(#[source] Status),
     /// The election has no leader (etcd's `election: no leader`).
@@ -334,6 +336,7 @@ const BY_MESSAGE: &[(&str, Variant)] = &[
     ("etcdserver: no leader", Error::NoLeader),
     ("etcdserver: request timed out", Error::MemberUnavailable),
     ("etcdserver: leader changed", Error::MemberUnavailable),
+    ("etcdserver: too many requests", Error::MemberUnavailable),
     ("etcdserver: server stopped", Error::MemberUnavailable),
     ("election: no leader", Error::ElectionNoLeader),
     ("election: not leader", Error::ElectionNotLeader),

@@ -69,8 +69,9 @@ struct Inner {
     transport: Transport,
     keepalive: KeepAlive,
     watches: Watches,
-    /// Lease grants in flight at once (see `session::grant`).
-    grants: tokio::sync::Semaphore,
+    /// Lease grants and revokes in flight at once (see `session::grant`
+    /// and `session::revoke`).
+    lease_calls: tokio::sync::Semaphore,
     /// Set by [`Client::close`]: no new session or election.
     closing: AtomicBool,
     /// Every session and election made from this client and not yet ended.
@@ -147,8 +148,10 @@ pub(crate) fn close_budget(ttl: i64) -> std::time::Duration {
     std::time::Duration::from_secs(ttl.max(1) as u64) + std::time::Duration::from_millis(800)
 }
 
-/// How many LeaseGrants one client has in flight at once.
-const GRANTS_IN_FLIGHT: usize = 64;
+/// How many LeaseGrants and LeaseRevokes one client has in flight at once:
+/// 10,000 sessions made, or closed, at once would otherwise fill etcd's
+/// proposal queue, and it answers "too many requests" past that.
+const LEASE_CALLS_IN_FLIGHT: usize = 64;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,7 +235,7 @@ impl Client {
                 transport,
                 keepalive,
                 watches,
-                grants: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
+                lease_calls: tokio::sync::Semaphore::new(LEASE_CALLS_IN_FLIGHT),
                 closing: AtomicBool::new(false),
                 open: Mutex::default(),
             }),
@@ -299,10 +302,10 @@ impl Client {
         self.inner.closing.load(Ordering::SeqCst)
     }
 
-    /// A turn to grant a lease.
-    pub(crate) async fn grant_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+    /// A turn to grant or revoke a lease.
+    pub(crate) async fn lease_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.inner
-            .grants
+            .lease_calls
             .acquire()
             .await
             .expect("the semaphore is never closed")

@@ -252,6 +252,7 @@ impl Session {
             attempt: client.attempt(),
             news: None,
             revokes: None,
+            unrevoked: Arc::default(),
         };
         tokio::spawn(worker.run());
         Ok(Session {
@@ -428,6 +429,8 @@ struct Worker {
     /// closing waits for them, so that no lease outlives `close()`. Made on
     /// first use: most sessions never give a lease up.
     revokes: Option<JoinSet<()>>,
+    /// Leases whose revoke gave up before it got through.
+    unrevoked: Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 /// The next command to the worker: waits for one.
@@ -502,6 +505,13 @@ impl Worker {
         close_elections(&self.control, deadline).await;
         self.core.on_close(deadline);
         self.execute().await;
+        // Leases lost earlier whose revoke gave up (etcd was out of reach
+        // then) may still live, kept by a leader change: their keys would
+        // block the elections. Try again.
+        let given_up = std::mem::take(&mut *lock(&self.unrevoked));
+        for id in given_up {
+            self.revoke_in_background(id, deadline);
+        }
         if let Some(revokes) = &mut self.revokes {
             let _ = tokio::time::timeout_at(deadline, async {
                 while revokes.join_next().await.is_some() {}
@@ -570,25 +580,36 @@ impl Worker {
                     self.client.recover(&hint, &self.attempt).await;
                 }
                 LeaseAction::Reset { .. } => self.report(NO_LEASE, None),
-                LeaseAction::Revoke { id, by } => {
-                    self.background(revoke(self.client.clone(), id, by));
-                }
+                LeaseAction::Revoke { id, by } => self.revoke_in_background(id, by),
                 LeaseAction::RevokeGrant { by } => {
                     // A grant etcd may already have applied: let it finish,
                     // and revoke what it got.
                     if let Some(granting) = self.granting.take() {
                         let client = self.client.clone();
+                        let unrevoked = self.unrevoked.clone();
                         self.background(async move {
                             if let Ok((_, Ok((id, _)))) =
                                 tokio::time::timeout_at(by, granting).await
+                                && !revoke(client, id, by).await
                             {
-                                revoke(client, id, by).await;
+                                lock(&unrevoked).push(id);
                             }
                         });
                     }
                 }
             }
         }
+    }
+
+    /// Revokes `id` in the background until `by`; one that gives up (etcd
+    /// out of reach all that time) is tried again at close.
+    fn revoke_in_background(&mut self, id: i64, by: Instant) {
+        let (client, unrevoked) = (self.client.clone(), self.unrevoked.clone());
+        self.background(async move {
+            if !revoke(client, id, by).await {
+                lock(&unrevoked).push(id);
+            }
+        });
     }
 
     /// Runs a revoke in the background; closing waits for it.
@@ -624,7 +645,7 @@ async fn close_elections(control: &Control, deadline: Instant) {
 async fn grant(client: Client, ttl: i64) -> (Instant, Result<(i64, i64)>) {
     // A burst of sessions (10,000 made at once) waits here rather than
     // flooding etcd, which answers "too many requests" past its queue.
-    let _permit = client.grant_permit().await;
+    let _permit = client.lease_permit().await;
     let sent_at = Instant::now();
     let limit = Duration::from_secs(ttl as u64);
     let request = LeaseGrantRequest { ttl, id: 0 };
@@ -649,17 +670,27 @@ async fn grant(client: Client, ttl: i64) -> (Instant, Result<(i64, i64)>) {
 /// Revokes a lease, retrying what another try may mend (a broken connection
 /// to a member that restarted, a token to renew) until `deadline`; then
 /// gives up, and etcd expires the lease at its TTL.
-async fn revoke(client: Client, id: i64, deadline: Instant) {
-    let _ = tokio::time::timeout_at(deadline, async {
+/// Returns whether etcd no longer has the lease (revoked now, or already
+/// gone).
+async fn revoke(client: Client, id: i64, deadline: Instant) -> bool {
+    let revoked = tokio::time::timeout_at(deadline, async {
         loop {
             let attempt = client.attempt();
-            let error = match client.lease().lease_revoke(LeaseRevokeRequest { id }).await {
-                Ok(_) => return,
+            let revoked = {
+                // 10,000 sessions closing at once take turns, as grants do.
+                let _permit = client.lease_permit().await;
+                client.lease().lease_revoke(LeaseRevokeRequest { id }).await
+            };
+            let error = match revoked {
+                Ok(_) => return true,
                 Err(status) => Error::from(status),
             };
             // Not found: revoked already, or expired.
-            if matches!(error, Error::LeaseNotFound(_)) || !error.is_retryable() {
-                return;
+            if matches!(error, Error::LeaseNotFound(_)) {
+                return true;
+            }
+            if !error.is_retryable() {
+                return false;
             }
             if !client.recover(&error, &attempt).await {
                 tokio::time::sleep(REVOKE_RETRY).await;
@@ -667,6 +698,13 @@ async fn revoke(client: Client, id: i64, deadline: Instant) {
         }
     })
     .await;
+    revoked.unwrap_or(false)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Pause between two tries of a revoke.

@@ -337,3 +337,54 @@ async fn session_on_a_client_made_before_etcd_gets_a_lease_once_it_is_up() {
     session.close().await;
     assert_eq!(lease_ids(&client).await, Vec::<i64>::new());
 }
+
+/// A lease taken for lost whose revoke gave up (etcd out of reach for its
+/// whole TTL) may still live on etcd: a leader change extends every lease,
+/// and its keys then block elections. Here another client keeps it alive in
+/// etcd's place. `close()` must revoke it too.
+#[tokio::test]
+async fn close_revokes_a_lost_lease_whose_revoke_gave_up() {
+    use etcdutil::proto::etcdserverpb::LeaseKeepAliveRequest;
+    let etcd = etcd().await;
+    let direct = client(&etcd).await;
+    let (proxy, client) = proxied_client(&etcd).await;
+    let (observer, mut calls) = Recorder::new();
+    let ttl = 2;
+    let session = Session::new(&client, SessionConfig { ttl, observer }).unwrap();
+    let lease = calls.lease(5.0).await;
+    // The accomplice: keepalives for our lease from another connection.
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    let renew = LeaseKeepAliveRequest { id: lease };
+    // etcd answers the stream's headers with its first answer: ask first.
+    requests.send(renew).await.unwrap();
+    let mut answers = direct
+        .lease()
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("the accomplice's keepalive stream")
+        .into_inner();
+    let accomplice = tokio::spawn(async move {
+        while let Ok(Some(_)) = answers.message().await {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if requests.send(renew).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    proxy.blackhole().await.unwrap();
+    calls.no_lease(10.0).await;
+    // The revoke of the lost lease retries for one TTL, then gives up: wait
+    // that out (nothing outside the session shows it).
+    tokio::time::sleep(Duration::from_secs(ttl as u64) + Duration::from_millis(700)).await;
+    assert!(lease_ttl(&direct, lease).await > 0, "the accomplice keeps it");
+    proxy.restore().await.unwrap();
+    calls.lease(10.0).await;
+    session.close().await;
+    accomplice.abort();
+    assert_eq!(
+        lease_ttl(&direct, lease).await,
+        -1,
+        "close() revoked the lease it had lost"
+    );
+}
