@@ -377,7 +377,10 @@ async fn close_revokes_a_lost_lease_whose_revoke_gave_up() {
     // The revoke of the lost lease retries for one TTL, then gives up: wait
     // that out (nothing outside the session shows it).
     tokio::time::sleep(Duration::from_secs(ttl as u64) + Duration::from_millis(700)).await;
-    assert!(lease_ttl(&direct, lease).await > 0, "the accomplice keeps it");
+    assert!(
+        lease_ttl(&direct, lease).await > 0,
+        "the accomplice keeps it"
+    );
     proxy.restore().await.unwrap();
     calls.lease(10.0).await;
     session.close().await;
