@@ -283,6 +283,11 @@ impl Hub {
         if sub.next_rev > 0 {
             create.start_revision = sub.next_rev;
         }
+        // Our own id, never 0: etcd 3.5 answers a refused create with the id
+        // the request asked for, and then forgets that id on the stream, so a
+        // refusal asked as 0 would silence the live watch whose id etcd chose
+        // as 0 (its events then wait forever). Ids of ours are unique here.
+        create.watch_id = etcd_watch_id(id);
         let request = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
         };
@@ -417,6 +422,11 @@ impl Hub {
             self.reopen_at = Some(Instant::now() + RETRY);
         }
     }
+}
+
+/// The id a watch asks etcd for: ours, plus one (0 asks etcd to choose).
+fn etcd_watch_id(id: u64) -> i64 {
+    i64::try_from(id).map_or(i64::MAX, |id| id.saturating_add(1))
 }
 
 /// The error of a watch etcd canceled (or started past a compaction).
