@@ -247,7 +247,9 @@ impl Task {
                     match outcome {
                         Ok(entered) => self.shared.input(|core| core.on_txn_answered(now, lease, entered)),
                         Err(error) => {
-                            let renewed = self.client.recover(&error, &attempt).await;
+                            // Boxed: rare, and inline it would make every
+                            // election's task as large as a token renewal's call.
+                            let renewed = Box::pin(self.client.recover(&error, &attempt)).await;
                             self.shared.input(|core| core.on_txn_failed(Instant::now(), lease, error, renewed));
                         }
                     }

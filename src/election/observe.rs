@@ -111,7 +111,9 @@ pub(crate) async fn run_observe(
         {
             continue; // fell behind a compaction: read everything again
         }
-        let renewed = client.recover(&failure, &attempt).await;
+        // Boxed: rare, and inline it would make every observer's task as
+        // large as a token renewal's call.
+        let renewed = Box::pin(client.recover(&failure, &attempt)).await;
         if renewed && !renewed_last {
             renewed_last = true;
             continue; // a renewed token: reopen at once, nothing to report

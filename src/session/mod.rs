@@ -502,7 +502,7 @@ impl Worker {
         // core gives the lease up; its revoke, and those of leases given up
         // before, must end first.
         let deadline = self.close_deadline();
-        close_elections(&self.control, deadline).await;
+        Box::pin(close_elections(&self.control, deadline)).await;
         self.core.on_close(deadline);
         self.execute().await;
         // Leases lost earlier whose revoke gave up (etcd was out of reach
@@ -550,7 +550,9 @@ impl Worker {
                 }
                 LeaseAction::Gained { id } => self.report(id, None),
                 LeaseAction::Failed { error } => {
-                    self.client.recover(&error, &self.attempt).await;
+                    // Boxed: rare, and inline it would make every session's
+                    // task as large as a token renewal's call (10,000 add up).
+                    Box::pin(self.client.recover(&error, &self.attempt)).await;
                     self.report(NO_LEASE, Some(error));
                 }
                 LeaseAction::Lost {
@@ -577,7 +579,7 @@ impl Worker {
                     telemetry::lease_lost(reason);
                     let hint = error.clone();
                     self.report(NO_LEASE, Some(error));
-                    self.client.recover(&hint, &self.attempt).await;
+                    Box::pin(self.client.recover(&hint, &self.attempt)).await;
                 }
                 LeaseAction::Reset { .. } => self.report(NO_LEASE, None),
                 LeaseAction::Revoke { id, by } => self.revoke_in_background(id, by),
@@ -724,5 +726,38 @@ mod tests {
             "SessionConfig.ttl=-1 is not a TTL in seconds from 1 to 9000000000 (etcd's maximum), or 0 for the default"
         );
         assert!(checked_ttl("t", MAX_LEASE_TTL + 1, 30).is_err());
+    }
+}
+
+/// A session's task is a few hundred bytes (10,000 sessions fit in 64 MiB):
+/// rare, large futures (a token renewal, closing the elections) are boxed.
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_session_task_stays_small() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = crate::Client::connect_lazy(crate::Config::default()).unwrap();
+            let (lease, _) = tokio::sync::watch::channel(super::NO_LEASE);
+            let worker = super::Worker {
+                client: client.clone(),
+                ttl: 5,
+                core: super::LeaseCore::new(5, tokio::time::Instant::now()),
+                observer: std::sync::Arc::new(|_, _| {}),
+                lease,
+                control: Default::default(),
+                resets_seen: 0,
+                granting: None,
+                attempt: client.attempt(),
+                news: None,
+                revokes: None,
+                unrevoked: Default::default(),
+            };
+            let task = std::mem::size_of_val(&worker.run());
+            assert!(task <= 1024, "a session's task is {task} bytes");
+        });
     }
 }
