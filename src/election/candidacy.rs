@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::client::transport::Attempt;
 use crate::client::txn::{created_at, oldest_first, oldest_in, prefix_range, put_op, range_op};
-use crate::election::core::{Action, Candidacy, Entered};
+use crate::election::core::{Action, Candidacy, Entered, candidate_key};
 use crate::election::observe::{Leader, Observed, until_deleted};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
@@ -379,7 +379,7 @@ impl Task {
 /// create revision and the Go package's candidates, so the first outcome
 /// costs no more.
 pub fn candidacy_txn(name: &str, lease: i64, candidate: &str) -> TxnRequest {
-    let our_key = format!("{name}/{lease:x}").into_bytes();
+    let our_key = candidate_key(name, lease).into_bytes();
     let put = PutRequest {
         key: our_key.clone().into(),
         value: candidate.to_owned().into(),

@@ -164,6 +164,12 @@ impl Phase {
     }
 }
 
+/// A candidate's key on `lease` in the election whose key prefix is
+/// `name`, as etcd's Campaign writes it: `<name>/<lease in hex>`.
+pub fn candidate_key(name: &str, lease: i64) -> String {
+    format!("{name}/{lease:x}")
+}
+
 /// What the candidacy Txn found: our key is in etcd (created at `our_rev`),
 /// behind (or as) `leader` and the Go candidates in `go_older`, as of `as_of_rev`.
 #[derive(Clone, Debug, PartialEq)]
@@ -309,9 +315,9 @@ impl Candidacy {
         }
     }
 
-    /// Our candidate's key on `lease`, as etcd's Campaign writes it.
+    /// Our candidate's key on `lease`.
     pub fn our_key(&self, lease: i64) -> String {
-        format!("{}/{:x}", self.name, lease)
+        candidate_key(&self.name, lease)
     }
 
     /// The next action to execute, oldest first.

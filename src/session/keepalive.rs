@@ -117,7 +117,7 @@ impl KeepAlive {
 
 /// Renew at a third of the TTL, as etcd's own clients do: two renewals can be
 /// missed before the lease is in danger.
-fn renew_interval(ttl: i64) -> Duration {
+pub fn renew_interval(ttl: i64) -> Duration {
     Duration::from_millis((ttl.max(1) as u64) * 1000 / 3)
 }
 

@@ -106,4 +106,5 @@ pub mod core {
     pub use crate::election::observe::{Follower, Report, deletes_watch, left_of};
     pub use crate::sabotage::Sabotage;
     pub use crate::session::core::{LeaseAction, LeaseCore, LeasePhase, safety_margin};
+    pub use crate::session::keepalive::renew_interval;
 }

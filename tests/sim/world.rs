@@ -20,7 +20,7 @@ use etcdutil::proto::mvccpb::KeyValue;
 use etcdutil::proto::v3electionpb::{LeaderKey, ProclaimRequest, ResignRequest};
 use etcdutil::testing::core::{
     Action, Candidacy, Follower, LeaseAction, LeaseCore, Report, Sabotage, candidacy_txn,
-    deletes_watch, entered, is_go_candidate, left_of,
+    deletes_watch, entered, is_go_candidate, left_of, renew_interval,
 };
 use tokio::time::Instant;
 use tonic::Status;
@@ -2195,8 +2195,4 @@ fn fenced_write(term: &LeaderKey, n: u32) -> TxnRequest {
         }],
         failure: vec![],
     }
-}
-
-fn renew_interval(ttl: i64) -> Duration {
-    Duration::from_millis((ttl.max(1) as u64) * 1000 / 3)
 }
