@@ -17,7 +17,7 @@
 //! failed is told so (its owner reports it and retries), rather than left
 //! waiting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -132,8 +132,8 @@ struct Sub {
     /// Until etcd created it the first time.
     created: Option<oneshot::Sender<Result<i64>>>,
     events: mpsc::UnboundedSender<Result<Vec<Event>>>,
-    /// etcd's id for it on the open stream, once created there.
-    etcd_id: Option<i64>,
+    /// Created on the open stream (under [`etcd_watch_id`] of its id).
+    on_stream: bool,
 }
 
 /// Stream `generation`, connected (etcd answered its first create), or
@@ -149,8 +149,6 @@ struct Stream {
 struct Hub {
     transport: Transport,
     subs: BTreeMap<u64, Sub>,
-    /// etcd's watch ids on the open stream, to ours.
-    by_etcd_id: HashMap<i64, u64>,
     /// Our creates sent on the open stream and not yet answered, in order:
     /// etcd answers a stream's creates in the order it got them.
     pending: VecDeque<u64>,
@@ -174,7 +172,6 @@ impl Hub {
         Hub {
             transport,
             subs: BTreeMap::new(),
-            by_etcd_id: HashMap::new(),
             pending: VecDeque::new(),
             stream: None,
             responses: None,
@@ -193,7 +190,7 @@ impl Hub {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Open { id, create, created, events }) => {
-                        let sub = Sub { create, next_rev: 0, created: Some(created), events, etcd_id: None };
+                        let sub = Sub { create, next_rev: 0, created: Some(created), events, on_stream: false };
                         self.subs.insert(id, sub);
                         if self.stream.is_some() {
                             self.send_create(id);
@@ -244,9 +241,8 @@ impl Hub {
         self.stream = None;
         self.responses = None;
         self.pending.clear();
-        self.by_etcd_id.clear();
         for sub in self.subs.values_mut() {
-            sub.etcd_id = None;
+            sub.on_stream = false;
         }
     }
 
@@ -299,32 +295,27 @@ impl Hub {
     /// Forgets watch `id`, and cancels it at etcd if it was created there
     /// (one still on its way is cancelled when its creation is answered).
     fn cancel(&mut self, id: u64) {
-        let Some(etcd_id) = self.subs.remove(&id).and_then(|sub| sub.etcd_id) else {
-            return;
-        };
-        self.by_etcd_id.remove(&etcd_id);
-        self.send_cancel(etcd_id);
+        if self.subs.remove(&id).is_some_and(|sub| sub.on_stream) {
+            self.send_cancel(etcd_watch_id(id));
+        }
     }
 
     async fn on_response(&mut self, response: WatchResponse) {
         if response.created {
             return self.on_created(response).await;
         }
-        let Some(&id) = self.by_etcd_id.get(&response.watch_id) else {
-            return; // a watch we cancelled, or a progress notice
+        // A watch we cancelled, or a progress notice: nothing to tell.
+        let id = our_watch_id(response.watch_id);
+        let Some(sub) = self.subs.get_mut(&id).filter(|sub| sub.on_stream) else {
+            return;
         };
         if response.canceled || response.compact_revision > 0 {
             // This watch alone ends (say, compacted past its revision).
-            self.by_etcd_id.remove(&response.watch_id);
-            if let Some(sub) = self.subs.remove(&id) {
-                let _ = sub.events.send(Err(canceled(response)));
-            }
+            let sub = self.subs.remove(&id).expect("present");
+            let _ = sub.events.send(Err(canceled(response)));
             return;
         }
-        let Some(last) = response.events.last().and_then(|e| e.kv.as_ref()) else {
-            return;
-        };
-        if let Some(sub) = self.subs.get_mut(&id) {
+        if let Some(last) = response.events.last().and_then(|e| e.kv.as_ref()) {
             sub.next_rev = last.mod_revision + 1;
             let _ = sub.events.send(Ok(response.events));
         }
@@ -365,8 +356,7 @@ impl Hub {
             }
             return;
         }
-        self.by_etcd_id.insert(response.watch_id, id);
-        sub.etcd_id = Some(response.watch_id);
+        sub.on_stream = true;
         if sub.next_rev == 0 {
             sub.next_rev = match sub.create.start_revision {
                 0 => revision + 1,
@@ -427,6 +417,12 @@ impl Hub {
 /// The id a watch asks etcd for: ours, plus one (0 asks etcd to choose).
 fn etcd_watch_id(id: u64) -> i64 {
     i64::try_from(id).map_or(i64::MAX, |id| id.saturating_add(1))
+}
+
+/// Ours, from the id etcd answers with ([`etcd_watch_id`] undone); none of
+/// ours for 0 or -1.
+fn our_watch_id(etcd_id: i64) -> u64 {
+    u64::try_from(etcd_id - 1).unwrap_or(u64::MAX)
 }
 
 /// The error of a watch etcd canceled (or started past a compaction).
