@@ -57,6 +57,7 @@
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].
 //! - `sabotage.rs`: the ways the simulator breaks the cores on purpose, to
 //!   prove it catches each.
+//! - `lost.rs`: [`Lost`], the signal that a leadership or a lock ended.
 //! - `error.rs`: [`Error`], one type for all of it, and [`ConfigError`], the settings' part.
 //! - `event.rs`: [`ElectionEvent`] and [`EventObserver`].
 //! - `telemetry.rs`: metrics (feature `metrics`) and state-change events for
@@ -79,6 +80,7 @@ mod client;
 mod election;
 mod error;
 mod event;
+mod lost;
 pub mod proto;
 mod sabotage;
 mod session;
@@ -106,6 +108,7 @@ pub use error::{ConfigError, Error, Result, SharedError};
 #[allow(deprecated)]
 pub use event::Event;
 pub use event::{ElectionEvent, EventObserver};
+pub use lost::Lost;
 pub use session::{
     DEFAULT_SESSION_TTL, MAX_LEASE_TTL, NO_LEASE, Session, SessionConfig, SessionObserver,
 };
