@@ -16,7 +16,9 @@
 //! over a 20 s idle hold (from `/proc/self`); etcd's RSS added since before
 //! the elections and its CPU over the same hold (from `/proc/<etcd pid>`);
 //! the time `Client::close()` takes; and the keys and leases left in etcd
-//! after it (must be 0). CPU is given in % of one core.
+//! after it (must be 0); and the heap still allocated per election at the
+//! end of the hold (counted by this program's allocator, so it shows what
+//! RSS hides behind freed pages the allocator keeps). CPU is given in % of one core.
 //!
 //! Each row runs in a child process of its own (this program again, with
 //! `SCALE_CHILD` set), so memory figures are that row's alone.
@@ -29,6 +31,36 @@ use etcdutil::{
     Client, Election, ElectionConfig, Session, SessionConfig, new_election_async,
     new_election_on_async,
 };
+
+/// Counts the bytes this process has allocated and not freed: the live heap,
+/// which RSS hides behind the allocator's retained pages.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_heap() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -72,6 +104,7 @@ async fn row(n: usize, shared: bool) -> Res<String> {
     let etcd_pid = etcd.pid().ok_or("etcd has no pid")?.to_string();
     let client = Client::connect(etcd.config()).await?;
     let etcd_rss_before = rss_mib(&etcd_pid);
+    let heap_before = live_heap();
     let started = Instant::now();
     let session = if shared {
         Some(Session::new(
@@ -115,6 +148,7 @@ async fn row(n: usize, shared: bool) -> Res<String> {
         client_rss = client_rss.max(rss_mib("self"));
     }
     let held = hold_start.elapsed();
+    let heap_per_election = (live_heap().saturating_sub(heap_before)) as f64 / n as f64;
     let client_cpu = percent(cpu("self") - self_cpu, held);
     let etcd_cpu = percent(cpu(&etcd_pid) - etcd_cpu, held);
     let etcd_rss_added = rss_mib(&etcd_pid) - etcd_rss_before;
@@ -142,7 +176,7 @@ async fn row(n: usize, shared: bool) -> Res<String> {
         .leases
         .len();
     Ok(format!(
-        "{n:>6} {:<7} {:>9.2} s {:>8.1} MiB {:>7.2} % {:>+9.1} MiB {:>7.2} % {:>8.2} s {:>6} {:>6} {:>6}",
+        "{n:>6} {:<7} {:>9.2} s {:>8.1} MiB {:>7.2} % {:>+9.1} MiB {:>7.2} % {:>8.2} s {:>6} {:>6} {:>6} {:>9.0} B",
         if shared { "shared" } else { "own" },
         all_leading.as_secs_f64(),
         client_rss,
@@ -153,6 +187,7 @@ async fn row(n: usize, shared: bool) -> Res<String> {
         leading,
         keys,
         leases,
+        heap_per_election,
     ))
 }
 
@@ -173,7 +208,7 @@ async fn main() -> Res<()> {
         _ => vec!["shared", "own"],
     };
     println!(
-        "{:>6} {:<7} {:>11} {:>12} {:>9} {:>13} {:>9} {:>10} {:>6} {:>6} {:>6}",
+        "{:>6} {:<7} {:>11} {:>12} {:>9} {:>13} {:>9} {:>10} {:>6} {:>6} {:>6} {:>11}",
         "n",
         "form",
         "all lead",
@@ -184,10 +219,11 @@ async fn main() -> Res<()> {
         "close all",
         "lead",
         "keys",
-        "leases"
+        "leases",
+        "live heap"
     );
     println!(
-        "{:>6} {:<7} {:>11} {:>12} {:>9} {:>13} {:>9} {:>10} {:>6} {:>6} {:>6}",
+        "{:>6} {:<7} {:>11} {:>12} {:>9} {:>13} {:>9} {:>10} {:>6} {:>6} {:>6} {:>11}",
         "",
         "",
         "after",
@@ -198,7 +234,8 @@ async fn main() -> Res<()> {
         "",
         "(hold)",
         "left",
-        "left"
+        "left",
+        "/election"
     );
     let me = std::env::current_exe()?;
     for n in counts {

@@ -72,6 +72,9 @@ struct Inner {
     /// Lease grants and revokes in flight at once (see `session::grant`
     /// and `session::revoke`).
     lease_calls: tokio::sync::Semaphore,
+    /// Elections' candidacy Txns, reads and Resigns in flight at once (see
+    /// [`Client::call_permit`]).
+    election_calls: tokio::sync::Semaphore,
     /// Set by [`Client::close`]: no new session or election.
     closing: AtomicBool,
     /// Every session and election made from this client and not yet ended.
@@ -88,6 +91,15 @@ struct Open {
 pub(crate) trait Closable: Send + Sync {
     /// Closes as its own `close()` does, finishing by `deadline`.
     fn close_by(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Closes as its session is about to revoke the lease it stands on: an
+    /// election steps down but does not resign, as the revoke deletes its
+    /// key anyway.
+    fn close_before_revoke(
+        &self,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.close_by(deadline)
+    }
     /// Its lease TTL, which bounds its close.
     fn ttl(&self) -> i64;
 }
@@ -152,6 +164,13 @@ pub(crate) fn close_budget(ttl: i64) -> std::time::Duration {
 /// 10,000 sessions made, or closed, at once would otherwise fill etcd's
 /// proposal queue, and it answers "too many requests" past that.
 const LEASE_CALLS_IN_FLIGHT: usize = 64;
+
+/// How many elections' calls one client has in flight at once. Each call in
+/// flight holds its own encode and decode buffers (kilobytes): 10,000
+/// elections entering at once would hold tens of MiB that the allocator
+/// keeps long after. Past about a hundred, etcd batches them into its
+/// commits no faster.
+const ELECTION_CALLS_IN_FLIGHT: usize = 128;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +255,7 @@ impl Client {
                 keepalive,
                 watches,
                 lease_calls: tokio::sync::Semaphore::new(LEASE_CALLS_IN_FLIGHT),
+                election_calls: tokio::sync::Semaphore::new(ELECTION_CALLS_IN_FLIGHT),
                 closing: AtomicBool::new(false),
                 open: Mutex::default(),
             }),
@@ -306,6 +326,16 @@ impl Client {
     pub(crate) async fn lease_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.inner
             .lease_calls
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// A turn for an election's call (a candidacy Txn, a read of the
+    /// candidates, a Resign).
+    pub(crate) async fn call_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .election_calls
             .acquire()
             .await
             .expect("the semaphore is never closed")

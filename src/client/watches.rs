@@ -51,7 +51,7 @@ enum Command {
         id: u64,
         create: WatchCreateRequest,
         created: oneshot::Sender<Result<i64>>,
-        events: mpsc::UnboundedSender<Result<Vec<Event>>>,
+        events: Outbox,
     },
     Cancel {
         id: u64,
@@ -73,18 +73,18 @@ impl Watches {
     pub(crate) async fn open(&self, create: WatchCreateRequest) -> Result<KeyWatch> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (created_tx, created) = oneshot::channel();
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let events = Arc::new(Inbox::default());
         let mut watch = KeyWatch {
             created_rev: 0,
             id,
-            events,
+            events: events.clone(),
             commands: self.commands.clone(),
         };
         let open = Command::Open {
             id,
             create,
             created: created_tx,
-            events: events_tx,
+            events: Outbox(events),
         };
         if self.commands.send(open).is_err() {
             return Err(Error::StreamEnded { stream: "Watch" });
@@ -103,17 +103,65 @@ pub(crate) struct KeyWatch {
     /// The revision etcd was at when it created the watch.
     pub(crate) created_rev: i64,
     id: u64,
-    events: mpsc::UnboundedReceiver<Result<Vec<Event>>>,
+    events: Arc<Inbox>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 impl KeyWatch {
     /// The next events (never empty); an error once etcd cancels the watch.
+    /// Cancel-safe: nothing is taken until it returns.
     pub(crate) async fn next(&mut self) -> Result<Vec<Event>> {
-        match self.events.recv().await {
-            Some(events) => events,
-            None => Err(Error::StreamEnded { stream: "Watch" }),
+        loop {
+            {
+                let mut inbox = self.events.queue.lock().expect("inbox lock");
+                if let Some(events) = inbox.items.pop_front() {
+                    return events;
+                }
+                if inbox.closed {
+                    return Err(Error::StreamEnded { stream: "Watch" });
+                }
+            }
+            // A send between the check and here leaves a permit: not missed.
+            self.events.ready.notified().await;
         }
+    }
+}
+
+/// One watch's events on their way from the hub to its owner: a queue and a
+/// wake-up, a fraction of a channel's size (a client has 10,000 watches).
+#[derive(Default)]
+struct Inbox {
+    queue: std::sync::Mutex<Queue>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Result<Vec<Event>>>,
+    /// The hub let the watch go: nothing more will come.
+    closed: bool,
+}
+
+/// The hub's end of an [`Inbox`]; dropping it tells the owner nothing more
+/// will come.
+struct Outbox(Arc<Inbox>);
+
+impl Outbox {
+    fn send(&self, events: Result<Vec<Event>>) {
+        self.0
+            .queue
+            .lock()
+            .expect("inbox lock")
+            .items
+            .push_back(events);
+        self.0.ready.notify_one();
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.0.queue.lock().expect("inbox lock").closed = true;
+        self.0.ready.notify_one();
     }
 }
 
@@ -131,7 +179,7 @@ struct Sub {
     next_rev: i64,
     /// Until etcd created it the first time.
     created: Option<oneshot::Sender<Result<i64>>>,
-    events: mpsc::UnboundedSender<Result<Vec<Event>>>,
+    events: Outbox,
     /// Created on the open stream (under [`etcd_watch_id`] of its id).
     on_stream: bool,
 }
@@ -312,12 +360,12 @@ impl Hub {
         if response.canceled || response.compact_revision > 0 {
             // This watch alone ends (say, compacted past its revision).
             let sub = self.subs.remove(&id).expect("present");
-            let _ = sub.events.send(Err(canceled(response)));
+            sub.events.send(Err(canceled(response)));
             return;
         }
         if let Some(last) = response.events.last().and_then(|e| e.kv.as_ref()) {
             sub.next_rev = last.mod_revision + 1;
-            let _ = sub.events.send(Ok(response.events));
+            sub.events.send(Ok(response.events));
         }
     }
 
@@ -352,7 +400,7 @@ impl Hub {
             let error = canceled(response);
             match sub.created {
                 Some(created) => drop(created.send(Err(error))),
-                None => drop(sub.events.send(Err(error))),
+                None => sub.events.send(Err(error)),
             }
             return;
         }

@@ -10,6 +10,7 @@
 //! loss in its own call, under the same lock, so the step-down does not wait
 //! for this task.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ use crate::client::Client;
 use crate::client::transport::Attempt;
 use crate::client::txn::{created_at, oldest_first, oldest_in, prefix_range, put_op, range_op};
 use crate::election::core::{Action, Candidacy, Entered, candidate_key};
-use crate::election::observe::{Leader, Observed, until_deleted};
+use crate::election::observe::{Leader, Observed, run_observe, until_deleted};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
 use crate::proto::etcdserverpb::{
@@ -31,7 +32,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
-use crate::session::{Attachment, Session, close_budget};
+use crate::session::{Attachment, Session};
 use crate::telemetry;
 
 pub(crate) use crate::election::core::RETRY;
@@ -47,6 +48,28 @@ pub(crate) struct Shared {
     wake: Notify,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
     observer: Option<EventObserver>,
+    /// What the handle asked of the task, in order: a queue and the wake-up
+    /// rather than a channel, which would cost every election a kilobyte.
+    requests: Mutex<Requests>,
+}
+
+#[derive(Default)]
+struct Requests {
+    queue: VecDeque<Request>,
+    /// The task has ended: nobody will take a request.
+    finished: bool,
+}
+
+/// What the handle asks of the election task.
+pub(crate) enum Request {
+    Concede(oneshot::Sender<Result<bool>>),
+    /// Close, finishing by `by`. `resign`: false when the lease is revoked
+    /// right after (the session closes), whose revoke deletes the key in
+    /// the same commit a Resign would have taken.
+    Close {
+        by: Instant,
+        resign: bool,
+    },
 }
 
 /// The core, and the term last published (for the step-down's log line).
@@ -67,7 +90,47 @@ impl Shared {
             wake: Notify::new(),
             subscribers: Mutex::default(),
             observer,
+            requests: Mutex::default(),
         }
+    }
+
+    /// Queues `request` for the task; false if the task has ended.
+    pub(crate) fn request(&self, request: Request) -> bool {
+        let mut requests = self.requests.lock().expect("requests lock");
+        if requests.finished {
+            return false;
+        }
+        requests.queue.push_back(request);
+        self.wake.notify_one();
+        true
+    }
+
+    fn next_request(&self) -> Option<Request> {
+        self.requests
+            .lock()
+            .expect("requests lock")
+            .queue
+            .pop_front()
+    }
+
+    /// The task ends: requests from now on are refused, and those queued
+    /// are dropped (a `concede` waiting on one answers `false`).
+    fn finish(&self) {
+        let mut requests = self.requests.lock().expect("requests lock");
+        requests.finished = true;
+        requests.queue.clear();
+    }
+
+    /// Feeds an observer's report to the core. Called inside the task (its
+    /// observer is polled there): the wake-up makes the task execute the
+    /// actions it queued.
+    fn observed(&self, report: Result<Observed>) {
+        self.input(|core| match report {
+            Ok(Observed::Watching) => core.on_watching(),
+            Ok(Observed::Report(report)) => core.on_report(report),
+            Err(error) => core.on_observer_failed(error),
+        });
+        self.wake.notify_one();
     }
 
     /// Whether we lead now, as the core last said.
@@ -142,13 +205,6 @@ impl Shared {
     }
 }
 
-/// What the handle asks of the election task.
-pub(crate) enum Command {
-    Concede(oneshot::Sender<Result<bool>>),
-    /// Close, finishing by this instant.
-    Close(Instant),
-}
-
 /// The candidacy Txn in flight: the lease it is for, how its call was sent
 /// (for `Client::recover`), and what it found.
 type Step = Pin<Box<dyn Future<Output = (i64, Attempt, Result<Entered>)> + Send>>;
@@ -157,12 +213,6 @@ type Step = Pin<Box<dyn Future<Output = (i64, Attempt, Result<Entered>)> + Send>
 struct Conceding {
     resign: Pin<Box<dyn Future<Output = Result<i64>> + Send>>,
     reply: Option<oneshot::Sender<Result<bool>>>,
-}
-
-/// What the task hears from besides the core: the observer, the handle.
-pub(crate) struct Inputs {
-    pub(crate) reports: mpsc::UnboundedReceiver<Result<Observed>>,
-    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
 }
 
 pub(crate) struct Task {
@@ -175,6 +225,9 @@ pub(crate) struct Task {
     own_session: Option<Session>,
     /// Our place on the session's lease, until we close.
     attachment: Option<Attachment>,
+    /// Who leads, followed with one watch; polled by this task, it feeds the
+    /// core in its own poll.
+    observer: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The I/O the core asked for, in flight.
     step: Option<Step>,
     blockers: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -193,6 +246,13 @@ impl Task {
         own_session: Option<Session>,
         attachment: Attachment,
     ) -> Task {
+        // The observer first: the candidacy waits for its watch.
+        let feed = shared.clone();
+        let sink = move |report| {
+            feed.observed(report);
+            true
+        };
+        let observer = Box::pin(run_observe(client.clone(), name.clone(), sink, RETRY));
         Task {
             client: client.clone(),
             name,
@@ -201,6 +261,7 @@ impl Task {
             shared,
             own_session,
             attachment: Some(attachment),
+            observer,
             step: None,
             blockers: None,
             conceding: None,
@@ -208,32 +269,30 @@ impl Task {
         }
     }
 
-    /// Runs until closed: one input at a time, commands first.
-    pub(crate) async fn run(mut self, mut inputs: Inputs) {
+    /// Runs until closed: one input at a time, the handle's requests first.
+    pub(crate) async fn run(mut self) {
         loop {
             self.execute();
+            match self.shared.next_request() {
+                Some(Request::Concede(reply)) => {
+                    self.concede(reply);
+                    continue;
+                }
+                // Boxed: closing is once, and inline it would make every
+                // election's task as large as the close's calls.
+                Some(Request::Close { by, resign }) => {
+                    Box::pin(self.close(by, resign)).await;
+                    return;
+                }
+                None => {}
+            }
             let timer = self.shared.lock().core.next_timer();
             let now = tokio::select! {
                 biased;
-                command = inputs.commands.recv() => {
-                    match command {
-                        Some(Command::Concede(reply)) => self.concede(reply),
-                        Some(Command::Close(deadline)) => return self.close(deadline).await,
-                        // The handle is gone without a close: close in the background.
-                        None => {
-                            let deadline = Instant::now() + close_budget(self.ttl.as_secs() as i64);
-                            return self.close(deadline).await;
-                        }
-                    }
-                    continue;
-                }
                 () = self.shared.wake.notified() => continue,
-                Some(report) = inputs.reports.recv() => {
-                    self.shared.input(|core| match report {
-                        Ok(Observed::Watching) => core.on_watching(),
-                        Ok(Observed::Report(report)) => core.on_report(report),
-                        Err(error) => core.on_observer_failed(error),
-                    });
+                // Never ends: its sink always listens.
+                () = self.observer.as_mut() => {
+                    self.observer = Box::pin(std::future::pending());
                     continue;
                 }
                 () = async { self.blockers.as_mut().expect("guarded").await }, if self.blockers.is_some() => {
@@ -329,14 +388,20 @@ impl Task {
         }
     }
 
-    async fn close(mut self, deadline: Instant) {
+    /// Steps down, resigns unless a revoke of the lease follows (the
+    /// session's, or our own session's close), and closes our own session.
+    async fn close(mut self, deadline: Instant, resign_first: bool) {
         let term = self.shared.input(Candidacy::on_close);
         // The closing event; anything in flight is dropped.
         self.execute();
         self.conceding = None;
-        if let Some(term) = term {
-            // Best effort: the revoke below deletes the key anyway. Half the
-            // TTL at most, so the revoke keeps some of the budget.
+        self.observer = Box::pin(std::future::pending());
+        // When the lease is revoked next (our own session's close, or the
+        // session closing us), the revoke deletes our key: one commit, not
+        // two. Otherwise (an election on a shared session closed alone) the
+        // Resign does, within half the TTL.
+        let revoked = !resign_first || self.own_session.is_some();
+        if let (Some(term), false) = (term, revoked) {
             let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
             let _ = resign(self.client.clone(), term, limit).await;
         }
@@ -346,6 +411,7 @@ impl Task {
         if let Some(session) = &self.own_session {
             session.close_by(deadline).await;
         }
+        self.shared.finish();
         self.shared.emit(ElectionEvent {
             is_done: true,
             ..ElectionEvent::default()
@@ -360,6 +426,7 @@ impl Task {
         Box::pin(async move {
             let attempt = client.attempt();
             let outcome = async {
+                let _permit = client.call_permit().await;
                 let response = client.kv().txn(txn).await?.into_inner();
                 let (mut entered, mut next) = parse_candidacy(&name, response)?;
                 while let Some(read) = next {
@@ -503,6 +570,7 @@ fn go_page(name: &str, page: RangeResponse, entered: &mut Entered) -> Option<Ran
 /// Ends a term: deletes the leader key if its create revision is still the
 /// term's. Returns the revision etcd answered at.
 async fn resign(client: Client, term: LeaderKey, limit: Duration) -> Result<i64> {
+    let _permit = client.call_permit().await;
     let mut election = client.election();
     let resign = election.resign(ResignRequest { leader: Some(term) });
     match tokio::time::timeout(limit, resign).await {
@@ -520,6 +588,52 @@ async fn resign(client: Client, term: LeaderKey, limit: Duration) -> Result<i64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An election is a few kilobytes (10,000 fit in 64 MiB): its observer
+    /// is polled in its task, and rare, large futures (closing, a token
+    /// renewal, the observer's first read) are boxed.
+    #[test]
+    fn an_election_task_stays_small() {
+        struct Nothing;
+        impl crate::client::Closable for Nothing {
+            fn close_by(&self, _: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+                Box::pin(async {})
+            }
+            fn ttl(&self) -> i64 {
+                5
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = Client::connect_lazy(crate::Config::default()).unwrap();
+            let session = Session::start(&client, crate::SessionConfig::default()).unwrap();
+            let name = "/elections/x".to_owned();
+            let core = Candidacy::new(name.clone());
+            let shared = Arc::new(Shared::new(name.clone(), core, None));
+            let attachment = session
+                .attach(Arc::new(|_, _| {}), Arc::new(Nothing))
+                .unwrap();
+            let task = Task::new(
+                &client,
+                name,
+                "c".into(),
+                Duration::from_secs(5),
+                shared,
+                None,
+                attachment,
+            );
+            let observer = std::mem::size_of_val(&*task.observer);
+            let run = std::mem::size_of_val(&task.run());
+            assert!(run <= 1024, "an election's task is {run} bytes");
+            assert!(
+                observer <= 768,
+                "an election's observer is {observer} bytes"
+            );
+        });
+    }
 
     #[test]
     fn go_candidates_are_the_prefix_then_their_own_lease_in_hex() {

@@ -48,7 +48,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::txn::created_at;
 use crate::client::{Client, Closable};
-use crate::election::candidacy::{Command, Inputs, RETRY, Shared, Task};
+use crate::election::candidacy::{RETRY, Request, Shared, Task};
 use crate::election::core::Candidacy;
 use crate::election::observe::{Leader, Observed, Report, run_observe};
 use crate::error::{Error, Result};
@@ -210,29 +210,24 @@ async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
 pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStream<Result<Leader>>> {
     let name = election_key(election)?;
     let (sender, receiver) = mpsc::unbounded_channel();
-    let (report_tx, mut reports) = mpsc::unbounded_channel();
-    tokio::spawn(run_observe(client.clone(), name, report_tx, RETRY));
+    let closed = sender.clone();
     // Only leaders: a moment with no candidate is not reported here.
+    let sink = move |report| {
+        let item = match report {
+            Ok(Observed::Watching | Observed::Report(Report { leader: None, .. })) => return true,
+            Ok(Observed::Report(Report {
+                leader: Some(leader),
+                ..
+            })) => Ok(leader),
+            Err(error) => Err(error),
+        };
+        sender.send(item).is_ok()
+    };
+    let observer = run_observe(client.clone(), name, sink, RETRY);
     tokio::spawn(async move {
-        loop {
-            let report = tokio::select! {
-                _ = sender.closed() => return,
-                report = reports.recv() => report,
-            };
-            let item = match report {
-                None => return,
-                Some(Ok(Observed::Watching | Observed::Report(Report { leader: None, .. }))) => {
-                    continue;
-                }
-                Some(Ok(Observed::Report(Report {
-                    leader: Some(leader),
-                    ..
-                }))) => Ok(leader),
-                Some(Err(error)) => Err(error),
-            };
-            if sender.send(item).is_err() {
-                return;
-            }
+        tokio::select! {
+            () = closed.closed() => {}
+            () = observer => {}
         }
     });
     Ok(UnboundedReceiverStream::new(receiver))
@@ -265,9 +260,10 @@ pub struct Election {
     closer: Arc<Closer>,
 }
 
-/// How to close an election's task: the handle's and [`Client::close`]'s.
+/// How to close an election's task: the handle's, its session's and
+/// [`Client::close`]'s.
 struct Closer {
-    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
     done: watch::Receiver<bool>,
     ttl: i64,
 }
@@ -275,8 +271,11 @@ struct Closer {
 impl Closer {
     /// Asks the task to close by `deadline`; returns once it has (the task
     /// keeps to the deadline).
-    async fn close_by(&self, deadline: Instant) {
-        let _ = self.commands.send(Command::Close(deadline));
+    async fn close_by(&self, deadline: Instant, resign: bool) {
+        self.shared.request(Request::Close {
+            by: deadline,
+            resign,
+        });
         // An Err means the task is gone already.
         let _ = self.done.clone().wait_for(|done| *done).await;
     }
@@ -284,7 +283,14 @@ impl Closer {
 
 impl Closable for Closer {
     fn close_by(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(Closer::close_by(self, deadline))
+        Box::pin(Closer::close_by(self, deadline, true))
+    }
+
+    fn close_before_revoke(
+        &self,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Closer::close_by(self, deadline, false))
     }
 
     fn ttl(&self) -> i64 {
@@ -442,15 +448,19 @@ impl Election {
             Ground::Shared(_) => Candidacy::new(name.clone()).on_shared_session(),
         };
         let shared = Arc::new(Shared::new(name.clone(), core, config.event_observer));
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (report_tx, reports) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(false);
         let closer = Arc::new(Closer {
-            commands,
+            shared: shared.clone(),
             done,
             ttl,
         });
-        let registration = client.register(closer.clone())?;
+        // On a shared session, the session closes us: Client::close closes
+        // the session, which steps its elections down before its revoke
+        // deletes all their keys in one commit.
+        let registration = match ground {
+            Ground::Own(_) => Some(client.register(closer.clone())?),
+            Ground::Shared(_) => None,
+        };
         let listener = shared.clone();
         // The core steps down here, in the session's own call, before etcd
         // can expire the lease.
@@ -461,8 +471,6 @@ impl Election {
             }),
             closer.clone(),
         )?;
-        // The observer first: the candidacy waits for its watch (see `candidacy`).
-        tokio::spawn(run_observe(client.clone(), name.clone(), report_tx, RETRY));
         let own_session = match ground {
             Ground::Own(session) => Some(session),
             Ground::Shared(_) => None,
@@ -476,12 +484,8 @@ impl Election {
             own_session,
             attachment,
         );
-        let inputs = Inputs {
-            reports,
-            commands: command_rx,
-        };
         tokio::spawn(async move {
-            task.run(inputs).await;
+            task.run().await;
             let _ = done_tx.send(true);
             drop(registration);
         });
@@ -548,7 +552,7 @@ impl Election {
     /// ```
     pub async fn concede(&self) -> Result<bool> {
         let (reply, answer) = oneshot::channel();
-        if self.closer.commands.send(Command::Concede(reply)).is_err() {
+        if !self.shared.request(Request::Concede(reply)) {
             return Ok(false);
         }
         answer.await.unwrap_or(Ok(false))
@@ -638,7 +642,7 @@ impl Election {
     /// ```
     pub async fn close(&self) {
         let deadline = Instant::now() + close_budget(self.closer.ttl);
-        self.closer.close_by(deadline).await;
+        self.closer.close_by(deadline, true).await;
     }
 }
 
@@ -646,7 +650,10 @@ impl Drop for Election {
     /// Closes in the background: resigns, withdraws and revokes.
     fn drop(&mut self) {
         let deadline = Instant::now() + close_budget(self.closer.ttl);
-        let _ = self.closer.commands.send(Command::Close(deadline));
+        self.shared.request(Request::Close {
+            by: deadline,
+            resign: true,
+        });
     }
 }
 

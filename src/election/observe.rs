@@ -21,11 +21,10 @@
 //! 100 ms that a watch opened behind etcd's current revision waits for etcd's
 //! sync loop.
 
-use tokio::sync::mpsc;
-
 use crate::client::Client;
 use crate::client::transport::Attempt;
 use crate::client::txn::{oldest_first, prefix_range, range_op};
+use crate::client::watches::KeyWatch;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     RangeRequest, TxnRequest, WatchCreateRequest, response_op, watch_create_request,
@@ -87,47 +86,60 @@ pub(crate) enum Observed {
     Report(Report),
 }
 
-/// Reports the leader of the election `name` (its key prefix) to `reports`
-/// until that closes: the current one first, then every change. A failure
-/// is reported as an `Err` and the watch reopened after `retry`; a renewed
-/// token or a compacted revision reopens it at once, unreported.
+/// Where the observer's reports go: `false` once nobody listens.
+pub(crate) trait Sink {
+    fn report(&mut self, report: Result<Observed>) -> bool;
+}
+
+impl<F: FnMut(Result<Observed>) -> bool> Sink for F {
+    fn report(&mut self, report: Result<Observed>) -> bool {
+        self(report)
+    }
+}
+
+/// Reports the leader of the election `name` (its key prefix) to `sink`
+/// until it stops listening (or the future is dropped): the current one
+/// first, then every change. A failure is reported as an `Err` and the
+/// watch reopened after `retry`; a renewed token or a compacted revision
+/// reopens it at once, unreported.
+///
+/// An election polls this inside its own task, and the sink feeds its core
+/// directly: no task and no channel of its own per election.
 pub(crate) async fn run_observe(
     client: Client,
     name: String,
-    reports: mpsc::UnboundedSender<Result<Observed>>,
+    mut sink: impl Sink,
     retry: std::time::Duration,
 ) {
     let mut renewed_last = false;
     loop {
         let attempt = client.attempt();
-        let failure = tokio::select! {
-            _ = reports.closed() => return,
-            failure = observe_once(&client, &name, &reports, &attempt) => match failure {
-                Some(failure) => failure,
-                None => continue,
-            },
+        let failure = match observe_once(&client, &name, &mut sink, &attempt).await {
+            Ok(Some(failure)) => failure,
+            Ok(None) => continue,
+            Err(Stopped) => return,
         };
         if matches!(failure, Error::WatchCanceled { compact_revision, .. } if compact_revision > 0)
         {
             continue; // fell behind a compaction: read everything again
         }
-        // Boxed: rare, and inline it would make every observer's task as
-        // large as a token renewal's call.
+        // Boxed: rare, and inline it would make every observer as large as
+        // a token renewal's call.
         let renewed = Box::pin(client.recover(&failure, &attempt)).await;
         if renewed && !renewed_last {
             renewed_last = true;
             continue; // a renewed token: reopen at once, nothing to report
         }
         renewed_last = renewed;
-        if reports.send(Err(failure)).is_err() {
+        if !sink.report(Err(failure)) {
             return;
         }
-        tokio::select! {
-            _ = reports.closed() => return,
-            _ = tokio::time::sleep(retry) => {}
-        }
+        tokio::time::sleep(retry).await;
     }
 }
+
+/// The sink stopped listening.
+struct Stopped;
 
 /// Watches the candidates, reads them as of the watch's start, then
 /// follows them; returns why it stopped, or `None` if calls moved to another
@@ -142,46 +154,70 @@ pub(crate) async fn run_observe(
 async fn observe_once(
     client: &Client,
     name: &str,
-    reports: &mpsc::UnboundedSender<Result<Observed>>,
+    sink: &mut impl Sink,
     attempt: &Attempt,
-) -> Option<Error> {
-    let ended = || Some(Error::StreamEnded { stream: "Observe" });
+) -> std::result::Result<Option<Error>, Stopped> {
+    // Boxed: the read's call is large and only in flight at the start, while
+    // an election follows for its whole life.
+    let started = Box::pin(start(client, name, sink, attempt)).await?;
+    let (mut watch, mut follower) = match started {
+        Ok(Some(following)) => following,
+        Ok(None) => return Ok(None),
+        Err(error) => return Ok(Some(error)),
+    };
+    loop {
+        let events = match watch.next().await {
+            Ok(events) => events,
+            Err(error) => return Ok(Some(error)),
+        };
+        for report in follower.on_events(events) {
+            if !sink.report(Ok(Observed::Report(report))) {
+                return Err(Stopped);
+            }
+        }
+    }
+}
+
+/// Opens the watch, reads the candidates as of its start and reports the
+/// first leader: what to follow from, `None` if calls moved to another
+/// member during the read, or why it failed.
+async fn start(
+    client: &Client,
+    name: &str,
+    sink: &mut impl Sink,
+    attempt: &Attempt,
+) -> std::result::Result<Result<Option<(KeyWatch, Follower)>>, Stopped> {
     let watch = Follower::watch_request(name);
-    let mut watch = match client.watches().open(watch).await {
+    let watch = match client.watches().open(watch).await {
         Ok(watch) => watch,
-        Err(error) => return Some(error),
+        Err(error) => return Ok(Err(error)),
     };
     let revision = watch.created_rev;
-    if reports.send(Ok(Observed::Watching)).is_err() {
-        return ended();
+    if !sink.report(Ok(Observed::Watching)) {
+        return Err(Stopped);
     }
-    let mut kv = client.kv();
-    let read = kv.range(Follower::read_request(name, revision));
+    let read = async {
+        let _permit = client.call_permit().await;
+        client
+            .kv()
+            .range(Follower::read_request(name, revision))
+            .await
+    };
     let read = tokio::select! {
         read = read => read,
         // Calls moved on (the session found this member silent): a read
         // stuck there would wait for HTTP/2 pings to find it dead.
-        () = client.moved_away(attempt) => return None,
+        () = client.moved_away(attempt) => return Ok(Ok(None)),
     };
     let kvs = match read {
         Ok(response) => response.into_inner().kvs,
-        Err(status) => return Some(status.into()),
+        Err(status) => return Ok(Err(status.into())),
     };
-    let (mut follower, report) = Follower::new(name, revision, kvs);
-    if reports.send(Ok(Observed::Report(report))).is_err() {
-        return ended();
+    let (follower, report) = Follower::new(name, revision, kvs);
+    if !sink.report(Ok(Observed::Report(report))) {
+        return Err(Stopped);
     }
-    loop {
-        let events = match watch.next().await {
-            Ok(events) => events,
-            Err(error) => return Some(error),
-        };
-        for report in follower.on_events(events) {
-            if reports.send(Ok(Observed::Report(report))).is_err() {
-                return ended();
-            }
-        }
-    }
+    Ok(Ok(Some((watch, follower))))
 }
 
 /// Who leads, from a read of the candidates and the watch's events after

@@ -637,7 +637,7 @@ async fn close_elections(control: &Control, deadline: Instant) {
     }
     let mut closing = JoinSet::new();
     for closer in closers {
-        closing.spawn(async move { closer.close_by(deadline).await });
+        closing.spawn(async move { closer.close_before_revoke(deadline).await });
     }
     while closing.join_next().await.is_some() {}
 }
