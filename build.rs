@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "etcd/etcdserver/etcdserverpb/rpc.proto",
         "etcd/etcdserver/api/v3election/v3electionpb/v3election.proto",
+        "etcd/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

@@ -142,6 +142,20 @@ pub enum Error {
     /// Only the election's leader may do this, and we do not lead.
     #[error("not the election's leader")]
     NotLeader,
+    /// [`Mutex::try_lock`](crate::Mutex::try_lock): another session holds
+    /// the lock (Go's `ErrLocked`). No key of ours is left behind.
+    #[error("lock {name:?} is held by another session")]
+    Locked {
+        /// The lock's name.
+        name: String,
+    },
+    /// Only the lock's owner may do this, and this [`Mutex`](crate::Mutex)
+    /// does not hold the lock (any more).
+    #[error("not the owner of lock {name:?}")]
+    NotLockOwner {
+        /// The lock's name.
+        name: String,
+    },
     /// The [`Client`](crate::Client) was closed: it makes no new sessions,
     /// elections or calls.
     #[error("the etcd client was closed")]
@@ -234,6 +248,8 @@ impl Error {
             Error::WatchCanceled { .. } => "watch_canceled",
             Error::Timeout { .. } => "timeout",
             Error::NotLeader => "not_leader",
+            Error::Locked { .. } => "locked",
+            Error::NotLockOwner { .. } => "not_lock_owner",
             Error::Closed => "closed",
             Error::UnexpectedResponse { .. } => "unexpected_response",
             Error::Rpc(status) if status.source().is_some() => "transport",

@@ -55,6 +55,10 @@
 //!     feeds the core and executes its actions, and the glue between etcd's
 //!     messages and the core's inputs.
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].
+//! - `mutex/`: locks.
+//!   - `mod.rs`: [`Mutex`], a lock on a [`Session`] with the keys and rules of
+//!     Go's `concurrency.Mutex`, `etcdctl lock` and etcd's Lock service;
+//!     [`LockKey`], the key that holds it and its fencing token.
 //! - `sabotage.rs`: the ways the simulator breaks the cores on purpose, to
 //!   prove it catches each.
 //! - `lost.rs`: [`Lost`], the signal that a leadership or a lock ended.
@@ -81,6 +85,7 @@ mod election;
 mod error;
 mod event;
 mod lost;
+mod mutex;
 pub mod proto;
 mod sabotage;
 mod session;
@@ -109,6 +114,7 @@ pub use error::{ConfigError, Error, Result, SharedError};
 pub use event::Event;
 pub use event::{ElectionEvent, EventObserver};
 pub use lost::Lost;
+pub use mutex::{LockKey, Mutex};
 pub use session::{
     DEFAULT_SESSION_TTL, MAX_LEASE_TTL, NO_LEASE, Session, SessionConfig, SessionObserver,
 };

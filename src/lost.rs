@@ -63,13 +63,11 @@ impl IntoFuture for Lost {
 }
 
 /// The side that loses: kept by the election (or lock) while a term lasts.
-#[allow(dead_code)] // Used by the election and the mutex, which land next.
 #[derive(Debug)]
 pub(crate) struct LostSender {
     sender: watch::Sender<bool>,
 }
 
-#[allow(dead_code)]
 impl LostSender {
     /// A new, not yet lost, signal and its first receiver.
     pub(crate) fn new() -> (LostSender, Lost) {

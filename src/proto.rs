@@ -60,6 +60,16 @@ mod generated {
     pub mod v3electionpb {
         include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
     }
+    /// etcd's server-side Lock service: Lock, Unlock (`v3lock.proto`), the
+    /// same recipe as [`Mutex`](crate::Mutex).
+    ///
+    /// ```
+    /// use etcdutil::proto::v3lockpb::LockRequest;
+    /// let request = LockRequest { name: "jobs".into(), lease: 0x694d7c5a3e2f1b07 };
+    /// ```
+    pub mod v3lockpb {
+        include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    }
 }
 
-pub use generated::{authpb, etcdserverpb, mvccpb, v3electionpb};
+pub use generated::{authpb, etcdserverpb, mvccpb, v3electionpb, v3lockpb};

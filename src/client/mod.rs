@@ -25,6 +25,7 @@ use crate::proto::etcdserverpb::{
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use crate::proto::v3electionpb::election_client::ElectionClient;
+use crate::proto::v3lockpb::lock_client::LockClient;
 use crate::session::keepalive::KeepAlive;
 
 /// Creates a [`Client`] from `cfg`, its blanks filled from the `ETCD3_*`
@@ -436,6 +437,21 @@ impl Client {
     /// ```
     pub fn election(&self) -> ElectionClient<Transport> {
         ElectionClient::new(self.transport()).max_decoding_message_size(usize::MAX)
+    }
+
+    /// etcd's server-side Lock service: Lock, Unlock. It waits in etcd for
+    /// the lock named `name` with a caller's lease, by the recipe that
+    /// [`Mutex`](crate::Mutex) follows, so each excludes the other.
+    ///
+    /// ```no_run
+    /// use etcdutil::proto::v3lockpb::LockRequest;
+    /// # async fn run(client: etcdutil::Client, lease: i64) -> Result<(), Box<dyn std::error::Error>> {
+    /// let held = client.lock().lock(LockRequest { name: "jobs".into(), lease }).await?;
+    /// println!("holding with key {:?}", held.into_inner().key);
+    /// # Ok(()) }
+    /// ```
+    pub fn lock(&self) -> LockClient<Transport> {
+        LockClient::new(self.transport()).max_decoding_message_size(usize::MAX)
     }
 
     /// etcd's Cluster service: member list and changes.

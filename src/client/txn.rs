@@ -1,8 +1,10 @@
 //! Builders of Txn and Range requests, in one place: Range and Put
-//! operations, ranges sorted oldest first, and the create-revision compare.
+//! operations, ranges sorted oldest first (and newest first, for a lock's
+//! wait), deletes, and the create-revision compare.
 
 use crate::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, compare, range_request, request_op,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, compare, range_request,
+    request_op,
 };
 
 /// Every key that starts with `prefix`: the range from it to its successor.
@@ -56,5 +58,33 @@ pub(crate) fn created_at(key: Vec<u8>, rev: i64) -> Compare {
         key: key.into(),
         target_union: Some(compare::TargetUnion::CreateRevision(rev)),
         range_end: Default::default(),
+    }
+}
+
+/// The newest key (by create revision) from `range.0` up to `range.1`
+/// created at or before `max_create_rev`: Go's `WithLastCreate()` with
+/// `WithMaxCreateRev`, the read behind its `waitDeletes`.
+pub(crate) fn newest_created_by(range: (Vec<u8>, Vec<u8>), max_create_rev: i64) -> RangeRequest {
+    let (key, range_end) = range;
+    RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        limit: 1,
+        sort_order: range_request::SortOrder::Descend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        max_create_revision: max_create_rev,
+        ..Default::default()
+    }
+}
+
+/// A delete of one key as one operation of a Txn.
+pub(crate) fn delete_op(key: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.into(),
+                ..Default::default()
+            },
+        )),
     }
 }

@@ -14,6 +14,8 @@ mod config;
 mod election;
 mod hardening;
 mod harness;
+mod lock_cli;
+mod mutex;
 mod session;
 mod shared;
 mod watches;
