@@ -54,6 +54,8 @@
 //!   - `candidacy.rs`: the task behind an [`Election`]: a thin driver that
 //!     feeds the core and executes its actions, and the glue between etcd's
 //!     messages and the core's inputs.
+//!   - `leadership.rs`: leading as a scope: [`Leadership`], a term with the
+//!     signal of its end, and [`Election::run_while_leader`].
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].
 //! - `mutex/`: locks.
 //!   - `mod.rs`: [`Mutex`], a lock on a [`Session`] with the keys and rules of
@@ -103,6 +105,7 @@ pub use client::tls::TlsConfig;
 pub use client::transport::Transport;
 pub use client::wire::WIRE_TARGET;
 pub use client::{Client, new_client};
+pub use election::leadership::{AfterWork, Leadership};
 pub use election::observe::Leader;
 pub use election::{
     AlwaysLeaderMock, DEFAULT_ELECTION_TTL, ELECTION_PREFIX, Election, ElectionConfig,

@@ -7,6 +7,7 @@
 //! | `etcdutil_election_is_leader` | gauge | `election` | 1 while this candidate leads, else 0 |
 //! | `etcdutil_election_leader_changes_total` | counter | `election` | times this candidate saw the leader change |
 //! | `etcdutil_election_time_to_lead_seconds` | histogram | `election` | from our key entering the race to our leading |
+//! | `etcdutil_election_work_overrun_seconds` | histogram | `election` | how long `run_while_leader`'s work ran on after its term ended |
 //! | `etcdutil_session_lease_lost_total` | counter | `reason` | leases lost: `keepalive_deadline`, `stream_error`, `revoked`, `expired` |
 //! | `etcdutil_session_keepalive_rtt_seconds` | histogram | | keepalive request to etcd's answer |
 //! | `etcdutil_client_failovers_total` | counter | `endpoint` | calls moved off the member at `endpoint` |
@@ -46,6 +47,16 @@ pub(crate) fn time_to_lead(election: &str, took: Duration) {
         .record(took.as_secs_f64());
     #[cfg(not(feature = "metrics"))]
     let _ = (election, took);
+}
+
+/// `run_while_leader`'s work returned (or was dropped) this long after its
+/// term ended.
+pub(crate) fn work_overrun(election: &str, overrun: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("etcdutil_election_work_overrun_seconds", "election" => election.to_owned())
+        .record(overrun.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (election, overrun);
 }
 
 /// A session lost its lease, for `reason`.

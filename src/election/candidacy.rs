@@ -24,14 +24,17 @@ use crate::client::Client;
 use crate::client::transport::Attempt;
 use crate::client::txn::{created_at, oldest_first, oldest_in, prefix_range, put_op, range_op};
 use crate::election::core::{Action, Candidacy, Entered, candidate_key};
+use crate::election::leadership::Leadership;
 use crate::election::observe::{Leader, Observed, run_observe, until_deleted};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
+use crate::lost::LostSender;
 use crate::proto::etcdserverpb::{
     PutRequest, RangeRequest, RangeResponse, TxnRequest, TxnResponse, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{LeaderKey, ResignRequest};
+use crate::session::core::safety_margin;
 use crate::session::{Attachment, Session};
 use crate::telemetry;
 
@@ -46,6 +49,8 @@ pub(crate) struct Shared {
     core: Mutex<Guarded>,
     /// Wakes the task: the session's observer queued actions.
     wake: Notify,
+    /// Wakes those waiting for a term (`Election::leadership`).
+    published: Notify,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
     observer: Option<EventObserver>,
     /// What the handle asked of the task, in order: a queue and the wake-up
@@ -76,6 +81,15 @@ pub(crate) enum Request {
 struct Guarded {
     core: Candidacy,
     published: Option<LeaderKey>,
+    /// The term's loss signal, fired as `is_leader` turns false.
+    lost: Option<LostSender>,
+    /// The term as handed out, while we lead.
+    leadership: Option<Leadership>,
+    /// How long after a step-down someone else may lead at the earliest,
+    /// should the step-down come from the lease's loss now being reported.
+    lease_grace: Duration,
+    /// When someone else may lead at the earliest, after our last term.
+    next_leader_earliest: Option<Instant>,
 }
 
 impl Shared {
@@ -84,10 +98,15 @@ impl Shared {
             core: Mutex::new(Guarded {
                 core,
                 published: None,
+                lost: None,
+                leadership: None,
+                lease_grace: Duration::ZERO,
+                next_leader_earliest: None,
             }),
             name,
             is_leader: AtomicBool::new(false),
             wake: Notify::new(),
+            published: Notify::new(),
             subscribers: Mutex::default(),
             observer,
             requests: Mutex::default(),
@@ -119,6 +138,8 @@ impl Shared {
         let mut requests = self.requests.lock().expect("requests lock");
         requests.finished = true;
         requests.queue.clear();
+        drop(requests);
+        self.published.notify_waiters();
     }
 
     /// Feeds an observer's report to the core. Called inside the task (its
@@ -152,11 +173,50 @@ impl Shared {
         result
     }
 
-    /// An input from outside the task (the session's observer): the task
-    /// executes the actions it queued.
-    pub(crate) fn input_and_wake(&self, input: impl FnOnce(&mut Candidacy)) {
-        self.input(input);
+    /// The session's news of the lease, in the session's own call: the
+    /// task executes the actions the core queued.
+    pub(crate) fn on_lease(&self, lease: Option<i64>, error: Option<Error>, ttl: Duration) {
+        let mut guarded = self.lock();
+        // A lease etcd said is gone, or one we gave up (its revoke may land
+        // at once), can hold nothing any more; one whose keepalives went
+        // unanswered lasts in etcd at least the margin its deadline keeps.
+        guarded.lease_grace = match &error {
+            None | Some(Error::LeaseExpired { .. } | Error::LeaseNotFound(_)) => Duration::ZERO,
+            Some(_) => safety_margin(ttl),
+        };
+        guarded.core.on_lease(lease, error);
+        self.publish(&mut guarded);
+        guarded.lease_grace = Duration::ZERO;
+        drop(guarded);
         self.wake.notify_one();
+    }
+
+    /// Our term as a value, while we lead.
+    pub(crate) fn leadership(&self) -> Option<Leadership> {
+        self.lock().leadership.clone()
+    }
+
+    /// When someone else may lead at the earliest, after our last term.
+    pub(crate) fn next_leader_earliest(&self) -> Option<Instant> {
+        self.lock().next_leader_earliest
+    }
+
+    /// Waits until we lead; `Err(Closed)` once the election has closed.
+    pub(crate) async fn wait_for_leadership(&self) -> Result<Leadership> {
+        loop {
+            let published = self.published.notified();
+            tokio::pin!(published);
+            // Registered before the checks, so a term published in between
+            // is not missed.
+            published.as_mut().enable();
+            if let Some(leadership) = self.leadership() {
+                return Ok(leadership);
+            }
+            if self.requests.lock().expect("requests lock").finished {
+                return Err(Error::Closed);
+            }
+            published.await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Guarded> {
@@ -170,6 +230,21 @@ impl Shared {
         }
         let leads = term.is_some();
         self.is_leader.store(leads, Ordering::SeqCst);
+        // In the same call: the term's holders learn of its end the instant
+        // `is_leader()` says so.
+        if let Some(lost) = guarded.lost.take() {
+            lost.lose();
+            guarded.leadership = None;
+            guarded.next_leader_earliest = Some(Instant::now() + guarded.lease_grace);
+        }
+        if let Some(term) = term {
+            let (sender, lost) = LostSender::new();
+            guarded.lost = Some(sender);
+            guarded.leadership = Some(Leadership::new(term, lost));
+            guarded.next_leader_earliest = None;
+        }
+        self.published.notify_waiters();
+        let term = guarded.core.term();
         let shown = term.or(guarded.published.as_ref());
         let key = shown.map(|t| String::from_utf8_lossy(&t.key).into_owned());
         let rev = shown.map(|t| t.rev);
@@ -211,6 +286,8 @@ type Step = Pin<Box<dyn Future<Output = (i64, Attempt, Result<Entered>)> + Send>
 
 /// A Resign in flight for a `concede`, and the caller waiting for it.
 struct Conceding {
+    /// The term it resigns.
+    term: LeaderKey,
     resign: Pin<Box<dyn Future<Output = Result<i64>> + Send>>,
     reply: Option<oneshot::Sender<Result<bool>>>,
 }
@@ -231,7 +308,8 @@ pub(crate) struct Task {
     /// The I/O the core asked for, in flight.
     step: Option<Step>,
     blockers: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    conceding: Option<Conceding>,
+    /// Boxed: rare, and inline it would make every election's task larger.
+    conceding: Option<Box<Conceding>>,
     /// A `concede` caller, until the core's Resign action goes out.
     concede_reply: Option<oneshot::Sender<Result<bool>>>,
 }
@@ -352,11 +430,12 @@ impl Task {
                     self.blockers = Some(Box::pin(gone));
                 }
                 Action::Resign(term) => {
-                    let resign = resign(self.client.clone(), term, self.ttl / 2);
-                    self.conceding = Some(Conceding {
+                    let resign = resign(self.client.clone(), term.clone(), self.ttl / 2);
+                    self.conceding = Some(Box::new(Conceding {
+                        term,
                         resign: Box::pin(resign),
                         reply: self.concede_reply.take(),
-                    });
+                    }));
                 }
                 // Asked for only when the session is ours (see the core).
                 Action::ResetSession => {
@@ -392,9 +471,16 @@ impl Task {
     /// session's, or our own session's close), and closes our own session.
     async fn close(mut self, deadline: Instant, resign_first: bool) {
         let term = self.shared.input(Candidacy::on_close);
-        // The closing event; anything in flight is dropped.
+        // The closing event; anything in flight is dropped, but a concede
+        // caller is answered once the close has taken our key away.
         self.execute();
-        self.conceding = None;
+        let (conceding_term, conceded) = match self.conceding.take() {
+            Some(conceding) => (Some(conceding.term), conceding.reply),
+            None => (None, None),
+        };
+        let conceded = conceded.or(self.concede_reply.take());
+        // A Resign dropped in flight may not have reached etcd: send it again.
+        let term = term.or(conceding_term);
         self.observer = Box::pin(std::future::pending());
         // When the lease is revoked next (our own session's close, or the
         // session closing us), the revoke deletes our key: one commit, not
@@ -412,6 +498,9 @@ impl Task {
             session.close_by(deadline).await;
         }
         self.shared.finish();
+        if let Some(reply) = conceded {
+            let _ = reply.send(Ok(true));
+        }
         self.shared.emit(ElectionEvent {
             is_done: true,
             ..ElectionEvent::default()

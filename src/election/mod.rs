@@ -35,6 +35,7 @@
 
 pub(crate) mod candidacy;
 pub(crate) mod core;
+pub(crate) mod leadership;
 pub(crate) mod observe;
 
 use std::future::Future;
@@ -462,12 +463,13 @@ impl Election {
             Ground::Shared(_) => None,
         };
         let listener = shared.clone();
+        let lease_ttl = Duration::from_secs(ttl as u64);
         // The core steps down here, in the session's own call, before etcd
         // can expire the lease.
         let attachment = session.attach(
             Arc::new(move |lease, error| {
                 let lease = (lease != NO_LEASE).then_some(lease);
-                listener.input_and_wake(|core| core.on_lease(lease, error));
+                listener.on_lease(lease, error, lease_ttl);
             }),
             closer.clone(),
         )?;

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 const TTL: u64 = 2;
 
 /// `target/<profile>/examples/elect`, beside this test's `deps/` folder.
-fn elect_binary() -> PathBuf {
+pub(crate) fn elect_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
