@@ -652,6 +652,7 @@ impl Ctx<'_> {
             election: format!("{}/{name}", self.prefix),
             candidate: candidate.into(),
             ttl,
+            ..Default::default()
         }
     }
 

@@ -21,6 +21,11 @@
 //!   exited, it closes and exits with the child's status. While no child
 //!   runs, it closes and exits 128 + the signal.
 //!
+//! With `--server-side`, the election campaigns through etcd's own
+//! `Campaign` and follows through its `Observe` (see `Engine::ServerSide`;
+//! refused with a user and password). A flag with no value, accepted
+//! anywhere after the two names.
+//!
 //! With `--metrics ADDR` (feature `metrics`), the crate's metrics are served
 //! as Prometheus text on `http://ADDR/metrics`.
 //!
@@ -39,12 +44,12 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdutil::{Election, ElectionConfig, ElectionEvent, new_client, new_election_async};
+use etcdutil::{Election, ElectionConfig, ElectionEvent, Engine, new_client, new_election_async};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const USAGE: &str = "usage: elect ELECTION CANDIDATE [--ttl SECS] [--metrics ADDR] [--grace SECS] [-- COMMAND [ARGS...]]";
+const USAGE: &str = "usage: elect ELECTION CANDIDATE [--ttl SECS] [--server-side] [--metrics ADDR] [--grace SECS] [-- COMMAND [ARGS...]]";
 
 /// Exits 2 with the message and the usage.
 fn bad_args(message: &str) -> ! {
@@ -100,6 +105,7 @@ struct Args {
     candidate: String,
     ttl: i64,
     grace: Option<Duration>,
+    engine: Engine,
     command: Vec<String>,
 }
 
@@ -108,6 +114,7 @@ fn parse_args() -> Args {
     let mut names = Vec::new();
     let mut ttl = 5;
     let mut grace = None;
+    let mut engine = Engine::ClientSide;
     let mut command = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| {
@@ -121,6 +128,7 @@ fn parse_args() -> Args {
                     bad_args("expected a COMMAND after --");
                 }
             }
+            "--server-side" => engine = Engine::ServerSide,
             "--ttl" => {
                 let v = value("--ttl");
                 ttl = v.parse().unwrap_or_else(|_| {
@@ -164,6 +172,7 @@ fn parse_args() -> Args {
         candidate,
         ttl,
         grace,
+        engine,
         command,
     }
 }
@@ -186,6 +195,7 @@ async fn main() {
         election: args.election.clone(),
         candidate: args.candidate.clone(),
         ttl: args.ttl,
+        engine: args.engine,
     };
     let election = match new_election_async(&client, config) {
         Ok(election) => election,

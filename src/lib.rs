@@ -16,6 +16,7 @@
 //!     candidate: "worker-1".into(),
 //!     event_observer: Some(Arc::new(|event| println!("{event:?}"))),
 //!     ttl: 5,
+//!     ..Default::default()
 //! })
 //! .await?;
 //! if election.is_leader() {
@@ -56,6 +57,8 @@
 //!     messages and the core's inputs.
 //!   - `leadership.rs`: leading as a scope: [`Leadership`], a term with the
 //!     signal of its end, and [`Election::run_while_leader`].
+//!   - `server_side.rs`: the opt-in [`Engine::ServerSide`]: etcd's
+//!     `Campaign` and `Observe`, guarded where etcd makes them unsafe.
 //!   - `observe.rs`: who leads an election, followed with one Watch of our own; [`Leader`].
 //! - `mutex/`: locks.
 //!   - `mod.rs`: [`Mutex`], a lock on a [`Session`] with the keys and rules of
@@ -108,9 +111,9 @@ pub use client::{Client, new_client};
 pub use election::leadership::{AfterWork, Leadership};
 pub use election::observe::Leader;
 pub use election::{
-    AlwaysLeaderMock, DEFAULT_ELECTION_TTL, ELECTION_PREFIX, Election, ElectionConfig,
+    AlwaysLeaderMock, DEFAULT_ELECTION_TTL, ELECTION_PREFIX, Election, ElectionConfig, Engine,
     LeaderElector, election_key, leader, new_election, new_election_async, new_election_on,
-    new_election_on_async, observe,
+    new_election_on_async, observe, observe_with,
 };
 pub use error::{ConfigError, Error, Result, SharedError};
 #[allow(deprecated)]

@@ -87,6 +87,7 @@ async fn metrics_after_a_handover_a_blackhole_and_a_token_expiry() {
             candidate: "a".into(),
             ttl: 2,
             event_observer: None,
+            ..Default::default()
         },
     )
     .await
@@ -98,6 +99,7 @@ async fn metrics_after_a_handover_a_blackhole_and_a_token_expiry() {
             candidate: "b".into(),
             ttl: 2,
             event_observer: None,
+            ..Default::default()
         },
     )
     .await

@@ -71,6 +71,8 @@
 //! cargo test --all-features --test safety -- --nocapture
 //! # soak: 10 minutes (or more: SAFETY_SECS=3600 for an hour)
 //! SAFETY_SECS=600 cargo test --all-features --test safety -- --nocapture
+//! # with etcd's server-side Campaign and Observe for every candidate
+//! SAFETY_ENGINE=server-side cargo test --all-features --test safety -- --nocapture
 //! # replay a failure with the seed it printed
 //! SAFETY_SEED=12345 cargo test --all-features --test safety -- --nocapture
 //! # also print the log around the longest failover
@@ -97,7 +99,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use etcdutil::proto::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest};
 use etcdutil::testing::{Cluster, Proxy};
 use etcdutil::{
-    Client, Config, Election, ElectionConfig, ElectionEvent, Session, SessionConfig,
+    Client, Config, Election, ElectionConfig, ElectionEvent, Engine, Session, SessionConfig,
     new_election_async, new_election_on_async,
 };
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
@@ -178,6 +180,16 @@ fn seed() -> u64 {
                 .unwrap_or_default();
             (nanos % 1_000_000_000) as u64
         }
+    }
+}
+
+/// The engine every candidate campaigns with: `SAFETY_ENGINE=server-side`
+/// for etcd's Campaign and Observe, else the default.
+fn engine() -> Engine {
+    match std::env::var("SAFETY_ENGINE").as_deref().map(str::trim) {
+        Ok("server-side") => Engine::ServerSide,
+        Ok("client-side") | Ok("") | Err(_) => Engine::ClientSide,
+        Ok(other) => panic!("SAFETY_ENGINE={other:?} is not server-side or client-side"),
     }
 }
 
@@ -794,6 +806,7 @@ impl World {
             election: self.elections[election].clone(),
             candidate: who.to_owned(),
             ttl: TTL as i64,
+            engine: engine(),
         }
     }
 
@@ -1349,12 +1362,13 @@ async fn safety_under_random_faults() {
         "safety: {} overlaps in {} samples, {faults} faults, {repairs} repairs, {} leader changes, \
          max failover {max_failover}, seed {seed}; {} token regressions, leader {after_restore} \
          after restore, clean {clean} after close, {n} candidates, {} of faults, \
-         {ELECTIONS} elections, {shared} of {n} slots on a shared session",
+         {ELECTIONS} elections, {shared} of {n} slots on a shared session, engine {:?}",
         observed.overlaps.len(),
         observed.samples,
         observed.leader_changes,
         observed.regressions.len(),
         secs(fault_time),
+        engine(),
     );
     let mut sorted = observed.failovers.clone();
     sorted.sort();

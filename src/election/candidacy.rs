@@ -23,9 +23,11 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::client::transport::Attempt;
 use crate::client::txn::{created_at, oldest_first, oldest_in, prefix_range, put_op, range_op};
+use crate::election::Engine;
 use crate::election::core::{Action, Candidacy, Entered, candidate_key};
 use crate::election::leadership::Leadership;
 use crate::election::observe::{Leader, Observed, run_observe, until_deleted};
+use crate::election::server_side;
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
 use crate::lost::LostSender;
@@ -294,6 +296,9 @@ struct Conceding {
 
 pub(crate) struct Task {
     client: Client,
+    engine: Engine,
+    /// The lease of a server-side Campaign in flight (see `close`).
+    campaigning: Option<i64>,
     name: String,
     candidate: String,
     ttl: Duration,
@@ -315,8 +320,10 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: &Client,
+        engine: Engine,
         name: String,
         candidate: String,
         ttl: Duration,
@@ -330,9 +337,19 @@ impl Task {
             feed.observed(report);
             true
         };
-        let observer = Box::pin(run_observe(client.clone(), name.clone(), sink, RETRY));
+        let observer: Pin<Box<dyn Future<Output = ()> + Send>> = match engine {
+            Engine::ClientSide => Box::pin(run_observe(client.clone(), name.clone(), sink, RETRY)),
+            Engine::ServerSide => Box::pin(server_side::run_observe(
+                client.clone(),
+                name.clone(),
+                sink,
+                RETRY,
+            )),
+        };
         Task {
             client: client.clone(),
+            engine,
+            campaigning: None,
             name,
             candidate,
             ttl,
@@ -380,6 +397,7 @@ impl Task {
                 }
                 (lease, attempt, outcome) = async { self.step.as_mut().expect("guarded").await }, if self.step.is_some() => {
                     self.step = None;
+                    self.campaigning = None;
                     let now = Instant::now();
                     match outcome {
                         Ok(entered) => self.shared.input(|core| core.on_txn_answered(now, lease, entered)),
@@ -450,6 +468,8 @@ impl Task {
         }
         let guarded = self.shared.lock();
         if !guarded.core.entering() {
+            // A server-side Campaign is cancelled here too: etcd's does
+            // not end by itself when the lease is lost.
             self.step = None;
         }
         if !guarded.core.awaits_blockers() {
@@ -491,6 +511,13 @@ impl Task {
             let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
             let _ = resign(self.client.clone(), term, limit).await;
         }
+        // A Campaign dropped in flight on a lease that stays: its key, if
+        // etcd put it, is ours to delete.
+        if let (Some(lease), false) = (self.campaigning.take(), revoked) {
+            let key = candidate_key(&self.name, lease);
+            let limit = (self.ttl / 2).min(deadline.saturating_duration_since(Instant::now()));
+            let _ = tokio::time::timeout(limit, server_side::withdraw(&self.client, key)).await;
+        }
         // Off the session's lease first: a session closes the elections
         // on it, and this one is closing.
         self.attachment = None;
@@ -507,10 +534,21 @@ impl Task {
         });
     }
 
-    /// The candidacy Txn for `lease`, with the pages of Go candidates it needs.
-    fn candidacy_step(&self, lease: i64) -> Step {
+    /// The candidacy Txn for `lease`, with the pages of Go candidates it
+    /// needs; or, with the server-side engine, etcd's Campaign.
+    fn candidacy_step(&mut self, lease: i64) -> Step {
         let client = self.client.clone();
         let name = self.name.clone();
+        if self.engine == Engine::ServerSide {
+            self.campaigning = Some(lease);
+            let candidate = self.candidate.clone();
+            return Box::pin(async move {
+                let attempt = client.attempt();
+                // No turn taken: a Campaign waits until we lead.
+                let outcome = server_side::campaign(&client, &name, lease, &candidate).await;
+                (lease, attempt, outcome)
+            });
+        }
         let txn = candidacy_txn(&name, lease, &self.candidate);
         Box::pin(async move {
             let attempt = client.attempt();
@@ -633,7 +671,11 @@ const GO_PAGE: i64 = 16;
 /// the Go range read as of `entered.as_of_rev`; returns the read of the
 /// next page if this one was full of older keys (keys of other elections
 /// whose names extend ours). With no Go candidate, there is no next page.
-fn go_page(name: &str, page: RangeResponse, entered: &mut Entered) -> Option<RangeRequest> {
+pub(crate) fn go_page(
+    name: &str,
+    page: RangeResponse,
+    entered: &mut Entered,
+) -> Option<RangeRequest> {
     let our_rev = entered.our_rev;
     let last_rev = page.kvs.last().map_or(0, |kv| kv.create_revision);
     entered.go_older.extend(
@@ -645,15 +687,21 @@ fn go_page(name: &str, page: RangeResponse, entered: &mut Entered) -> Option<Ran
     if !page.more || last_rev + 1 >= our_rev {
         return None;
     }
+    Some(go_read(name, entered.as_of_rev, last_rev + 1, our_rev))
+}
+
+/// A page of the Go candidates created from `min_rev` on, before our key
+/// (created at `our_rev`), as of revision `as_of_rev`.
+pub(crate) fn go_read(name: &str, as_of_rev: i64, min_rev: i64, our_rev: i64) -> RangeRequest {
     let (key, range_end) = go_candidates(name);
-    Some(RangeRequest {
+    RangeRequest {
         key: key.into(),
         range_end: range_end.into(),
-        revision: entered.as_of_rev,
-        min_create_revision: last_rev + 1,
+        revision: as_of_rev,
+        min_create_revision: min_rev,
         max_create_revision: our_rev - 1,
         ..oldest_first(GO_PAGE)
-    })
+    }
 }
 
 /// Ends a term: deletes the leader key if its create revision is still the
@@ -707,6 +755,7 @@ mod tests {
                 .unwrap();
             let task = Task::new(
                 &client,
+                Engine::ClientSide,
                 name,
                 "c".into(),
                 Duration::from_secs(5),

@@ -38,6 +38,10 @@
 //! | `Entering` | `on_txn_failed` | `Backoff` | `Emit` |
 //! | `Entering` | `on_txn_failed(renewed)` | `Entering` | `SendTxn` |
 //! | `Entering` | `on_lease(lost)` | `NoLease` | `Emit` |
+//! | `Entering` | `on_report(other)` | `Entering` | |
+//! | `Entering(server side)` | `on_report(other)` | `Entering` | `Emit` |
+//! | `Entering(server side)` | `on_report(ours)` | `Entering` | |
+//! | `Entering(server side)` | `on_txn_answered(ours)` | `Leading` | `Led Emit` |
 //! | `Backoff` | `on_timer(due)` | `Entering` | `SendTxn` |
 //! | `Backoff` | `on_timer(early)` | `Backoff` | |
 //! | `InRace` | `on_report(ours)` | `Leading` | `Led LeaderChanged Emit` |
@@ -62,6 +66,10 @@
 //! | `Closed` | `on_lease` | `Closed` | |
 //!
 //! `Leading` is the only phase in which [`Candidacy::is_leader`] is true.
+//! With the server-side engine (`(server side)`), etcd's Campaign stands
+//! for the candidacy Txn: it answers only once our key leads, so another
+//! leader is announced while it is out rather than held back until it
+//! answers (our own key still is, until the answer says where we stand).
 //! On a session shared with other elections (`(shared)`), a failed Resign is
 //! tried again every [`RETRY`] until it answers or the lease is lost: giving
 //! the lease up would take every other election on it down too.
@@ -247,6 +255,9 @@ pub struct Candidacy {
     actions: VecDeque<Action>,
     /// Whether the session is shared with other elections.
     shared_session: bool,
+    /// Whether etcd's server-side Campaign enters us: its answer comes only
+    /// once we lead, so other leaders are announced while it is out.
+    server_side: bool,
     sabotage: Sabotage,
 }
 
@@ -263,6 +274,15 @@ impl Candidacy {
         self
     }
 
+    /// A candidacy entered by etcd's server-side Campaign, which answers
+    /// only once our key leads: while it is out, another leader is
+    /// announced at once (so `new_election`'s first outcome comes), where the
+    /// client-side Txn's answer would say first where we stand.
+    pub fn server_side(mut self) -> Candidacy {
+        self.server_side = true;
+        self
+    }
+
     /// As [`new`](Self::new), broken on purpose as `sabotage` says.
     pub fn with_sabotage(name: String, sabotage: Sabotage) -> Candidacy {
         Candidacy {
@@ -273,6 +293,7 @@ impl Candidacy {
             last: None,
             actions: VecDeque::new(),
             shared_session: false,
+            server_side: false,
             sabotage,
         }
     }
@@ -500,7 +521,7 @@ impl Candidacy {
             // Not in the race: announce another leader, but hold back ours,
             // and any before the first, until the Txn says where we stand.
             let held_back = match &self.view.leader {
-                Some(leader) => self.is_ours(leader) || !self.view.announced,
+                Some(leader) => self.is_ours(leader) || !(self.view.announced || self.server_side),
                 None => true,
             };
             if !held_back {
@@ -702,6 +723,10 @@ mod tests {
             "NoLease" => {}
             "AwaitingWatch" => core.on_lease(Some(L), None),
             "Entering" => entering(&mut core),
+            "Entering(server side)" => {
+                core = core.server_side();
+                entering(&mut core);
+            }
             "Backoff" => {
                 entering(&mut core);
                 core.on_txn_failed(t0, L, error(), false);

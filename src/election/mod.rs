@@ -37,6 +37,7 @@ pub(crate) mod candidacy;
 pub(crate) mod core;
 pub(crate) mod leadership;
 pub(crate) mod observe;
+pub(crate) mod server_side;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -91,6 +92,34 @@ pub struct ElectionConfig {
     pub candidate: String,
     /// Lease TTL in seconds: how long a vanished leader keeps the office. Default 5.
     pub ttl: i64,
+    /// How the election campaigns and follows: our own Txn and Watch (the
+    /// default), or etcd's server-side Campaign and Observe.
+    pub engine: Engine,
+}
+
+/// How an election enters the race and follows its candidates. Both are
+/// driven by the same core, so `is_leader()` follows the same rules; the
+/// keys are the same, so candidates of either engine (and `etcdctl elect`)
+/// share an election.
+///
+/// ```
+/// use etcdutil::{ElectionConfig, Engine};
+/// let config = ElectionConfig { engine: Engine::ServerSide, ..Default::default() };
+/// assert_ne!(config.engine, Engine::default());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// A put-if-absent Txn of ours enters, and one Watch of ours follows
+    /// (on the client's shared Watch stream). Safe with auth.
+    #[default]
+    ClientSide,
+    /// etcd's `Campaign` enters and etcd's `Observe` follows: the wire shows
+    /// the Election service and the lease calls (and one read of the Go
+    /// package's candidates per term). Refused on a client with a user and
+    /// password (etcd issue 17502: etcd's shared internal watch fails for
+    /// every caller once the first caller's token expires); with client
+    /// certificates, safe only if all candidates share one identity.
+    ServerSide,
 }
 
 impl Default for ElectionConfig {
@@ -100,6 +129,7 @@ impl Default for ElectionConfig {
             election: "null".into(),
             candidate: host_name(),
             ttl: DEFAULT_ELECTION_TTL,
+            engine: Engine::default(),
         }
     }
 }
@@ -110,6 +140,7 @@ impl std::fmt::Debug for ElectionConfig {
             .field("election", &self.election)
             .field("candidate", &self.candidate)
             .field("ttl", &self.ttl)
+            .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
 }
@@ -209,7 +240,31 @@ async fn leader_of(client: &Client, name: String) -> Result<Option<Leader>> {
 /// # Ok(()) }
 /// ```
 pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStream<Result<Leader>>> {
+    observe_with(client, election, Engine::ClientSide)
+}
+
+/// As [`observe`](fn@observe), followed by the `engine` given: with
+/// [`Engine::ServerSide`], through etcd's own `Observe` RPC (refused on a
+/// client with a user and password, see [`Engine`]).
+///
+/// ```no_run
+/// use tokio_stream::StreamExt;
+/// # async fn run(client: etcdutil::Client) -> etcdutil::Result<()> {
+/// let mut leaders = etcdutil::observe_with(&client, "billing-jobs", etcdutil::Engine::ServerSide)?;
+/// if let Some(leader) = leaders.next().await {
+///     println!("{:?}", leader?);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn observe_with(
+    client: &Client,
+    election: &str,
+    engine: Engine,
+) -> Result<UnboundedReceiverStream<Result<Leader>>> {
     let name = election_key(election)?;
+    if engine == Engine::ServerSide {
+        server_side::check(client)?;
+    }
     let (sender, receiver) = mpsc::unbounded_channel();
     let closed = sender.clone();
     // Only leaders: a moment with no candidate is not reported here.
@@ -224,7 +279,10 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
         };
         sender.send(item).is_ok()
     };
-    let observer = run_observe(client.clone(), name, sink, RETRY);
+    let observer: Pin<Box<dyn Future<Output = ()> + Send>> = match engine {
+        Engine::ClientSide => Box::pin(run_observe(client.clone(), name, sink, RETRY)),
+        Engine::ServerSide => Box::pin(server_side::run_observe(client.clone(), name, sink, RETRY)),
+    };
     tokio::spawn(async move {
         tokio::select! {
             () = closed.closed() => {}
@@ -246,6 +304,7 @@ pub fn observe(client: &Client, election: &str) -> Result<UnboundedReceiverStrea
 ///     candidate: "worker-1".into(),
 ///     event_observer: Some(Arc::new(|event| println!("{event:?}"))),
 ///     ttl: 5,
+///     ..Default::default()
 /// })
 /// .await?;
 /// if election.is_leader() {
@@ -423,6 +482,10 @@ impl Election {
     fn start(client: &Client, config: ElectionConfig) -> Result<Election> {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
+        // Before the session: a refused election leaves nothing in etcd.
+        if config.engine == Engine::ServerSide {
+            server_side::check(client)?;
+        }
         let session = Session::start(
             client,
             SessionConfig {
@@ -437,6 +500,9 @@ impl Election {
         let name = election_key(&config.election)?;
         // Not used (the session's TTL is), but a bad value is still refused.
         checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
+        if config.engine == Engine::ServerSide {
+            server_side::check(session.client())?;
+        }
         Election::stand(Ground::Shared(session), name, config)
     }
 
@@ -444,10 +510,13 @@ impl Election {
         let session = ground.session();
         let client = session.client().clone();
         let ttl = session.ttl();
-        let core = match ground {
+        let mut core = match ground {
             Ground::Own(_) => Candidacy::new(name.clone()),
             Ground::Shared(_) => Candidacy::new(name.clone()).on_shared_session(),
         };
+        if config.engine == Engine::ServerSide {
+            core = core.server_side();
+        }
         let shared = Arc::new(Shared::new(name.clone(), core, config.event_observer));
         let (done_tx, done) = watch::channel(false);
         let closer = Arc::new(Closer {
@@ -479,6 +548,7 @@ impl Election {
         };
         let task = Task::new(
             &client,
+            config.engine,
             name.clone(),
             config.candidate,
             Duration::from_secs(ttl as u64),

@@ -139,7 +139,7 @@ pub(crate) async fn run_observe(
 }
 
 /// The sink stopped listening.
-struct Stopped;
+pub(crate) struct Stopped;
 
 /// Watches the candidates, reads them as of the watch's start, then
 /// follows them; returns why it stopped, or `None` if calls moved to another

@@ -14,8 +14,8 @@ use etcdutil::proto::etcdserverpb::{
 };
 use etcdutil::testing::{Etcd, Proxy};
 use etcdutil::{
-    Client, Config, ConfigError, Election, ElectionConfig, ElectionEvent, Error, EventObserver,
-    NO_LEASE, SessionObserver, new_config_with_env, new_election,
+    Client, Config, ConfigError, Election, ElectionConfig, ElectionEvent, Engine, Error,
+    EventObserver, NO_LEASE, SessionObserver, new_config_with_env, new_election,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -299,6 +299,36 @@ pub fn recorder() -> (EventObserver, mpsc::UnboundedReceiver<ElectionEvent>) {
     (Arc::new(move |event| drop(sender.send(event))), receiver)
 }
 
+tokio::task_local! {
+    /// The engine `config` gives elections made in this task: tests that run
+    /// with both engines set it (see `both_engines!`).
+    pub static ENGINE: Engine;
+}
+
+/// The engine of the test running in this task (the default if unset).
+pub fn engine() -> Engine {
+    ENGINE.try_with(|engine| *engine).unwrap_or_default()
+}
+
+/// Runs the test `$name` (an `async fn` without arguments) twice, as the
+/// tests `$name::client_side` and `$name::server_side`: every election its
+/// task makes with `config` uses that engine.
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn client_side() {
+                $crate::common::ENGINE.scope(etcdutil::Engine::ClientSide, super::$name()).await
+            }
+            #[tokio::test]
+            async fn server_side() {
+                $crate::common::ENGINE.scope(etcdutil::Engine::ServerSide, super::$name()).await
+            }
+        }
+    )*};
+}
+
 /// An election config with an observer.
 pub fn config(
     election: &str,
@@ -311,6 +341,7 @@ pub fn config(
         election: election.into(),
         candidate: candidate.into(),
         ttl,
+        engine: engine(),
     }
 }
 

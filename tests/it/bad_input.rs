@@ -259,6 +259,7 @@ async fn election_ttl_is_refused(ttl: i64) {
         candidate: "me".into(),
         ttl,
         event_observer: None,
+        ..Default::default()
     };
     let expected = format!("ElectionConfig.ttl={ttl} {TTL_EXPECTED}");
 
@@ -304,6 +305,7 @@ async fn election_name_is_refused(client: &Client, name: &str, expected: &str) {
         candidate: "me".into(),
         ttl: 5,
         event_observer: None,
+        ..Default::default()
     };
     let err = within(1.0, "new_election", new_election(client, config.clone()))
         .await
@@ -728,6 +730,7 @@ async fn user_without_permission_on_elections_is_refused_and_leaves_nothing() {
                 candidate: "alice".into(),
                 ttl: 30,
                 event_observer: None,
+                ..Default::default()
             },
         ),
     )

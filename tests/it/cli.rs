@@ -55,8 +55,13 @@ impl Elect {
         ttl: u64,
         stdin: Stdio,
     ) -> Elect {
+        // With the server-side engine (see `both_engines!`), the flag goes
+        // between the names and the other options.
+        let server_side = (engine() == etcdutil::Engine::ServerSide).then_some("--server-side");
         let mut child = Command::new(elect_binary())
-            .args([election, candidate, "--ttl", &ttl.to_string()])
+            .args([election, candidate])
+            .args(server_side)
+            .args(["--ttl", &ttl.to_string()])
             .env("ETCD3_ENDPOINT", endpoint)
             .env("ETCD3_DIAL_TIMEOUT", "1s")
             .stdin(stdin)
@@ -151,7 +156,6 @@ fn assert_closing_pair(events: &[Value]) {
 /// SIGTERM, SIGINT and `close` each end `elect` with exit code 0 within
 /// TTL + 1 s while its stdin stays open, after both closing events, leaving
 /// nothing in etcd.
-#[tokio::test]
 async fn elect_exits_on_sigterm_sigint_and_close_with_stdin_left_open() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -226,7 +230,6 @@ async fn elect_exits_on_sigterm_with_stdin_at_end_of_file() {
 /// attempt, leads within 3 s of etcd coming up, and exits 0 on SIGTERM. With
 /// a TTL of 10 s and five failures first, a grant backoff that grew up to
 /// the TTL (as the Go package's does) would wait 8 s.
-#[tokio::test]
 async fn elect_started_before_etcd_leads_once_etcd_is_up() {
     let mut etcd = Etcd::start().await.expect("start etcd");
     etcd.stop().await.unwrap();
@@ -285,3 +288,28 @@ async fn elect_with_a_bad_setting_exits_2_with_the_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ETCD3_DIAL_TIMEOUT='soon'"), "{stderr}");
 }
+
+/// `--server-side` with a user and password: refused at once, exit 2, the
+/// etcd issue named; the flag is accepted after the options too.
+#[tokio::test]
+async fn elect_server_side_with_a_user_exits_2_naming_the_etcd_issue() {
+    let output = Command::new(elect_binary())
+        .args(["jobs", "a", "--ttl", "2", "--server-side"])
+        .env("ETCD3_ENDPOINT", "127.0.0.1:1")
+        .env("ETCD3_USER", "root")
+        .env("ETCD3_PASSWORD", "secret")
+        .stdin(Stdio::null())
+        .output();
+    let output = within(10.0, "elect to exit", output).await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("17502") && stderr.contains("Engine::ServerSide"),
+        "{stderr}"
+    );
+}
+
+crate::both_engines!(
+    elect_exits_on_sigterm_sigint_and_close_with_stdin_left_open,
+    elect_started_before_etcd_leads_once_etcd_is_up,
+);

@@ -373,6 +373,7 @@ async fn client_close_closes_every_session_and_election_made_from_it() {
                     candidate: format!("c{i}"),
                     ttl,
                     event_observer: None,
+                    ..Default::default()
                 },
             )
             .unwrap()

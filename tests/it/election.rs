@@ -25,7 +25,6 @@ async fn assert_closing_events(events: &mut mpsc::UnboundedReceiver<ElectionEven
     assert!(events.try_recv().is_err(), "nothing after is_done");
 }
 
-#[tokio::test]
 async fn lone_candidate_leads_and_is_not_leader_after_close() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -65,7 +64,6 @@ async fn lone_candidate_leads_and_is_not_leader_after_close() {
     assert_eq!(lease_ids(&client).await, Vec::<i64>::new(), "no lease left");
 }
 
-#[tokio::test]
 async fn two_campaigns_see_the_exact_event_sequence() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -99,7 +97,6 @@ async fn two_campaigns_see_the_exact_event_sequence() {
     assert_closing_events(&mut b_events).await;
 }
 
-#[tokio::test]
 async fn candidate_that_never_wins_closes_cleanly_and_fast() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -126,7 +123,6 @@ async fn candidate_that_never_wins_closes_cleanly_and_fast() {
     a.close().await;
 }
 
-#[tokio::test]
 async fn leader_cut_off_steps_down_and_the_other_wins() {
     let etcd = etcd().await;
     let (proxy, cut_client) = proxied_client(&etcd).await;
@@ -177,7 +173,6 @@ async fn etcd_unreachable_from_the_start_then_close_is_done_within_3s() {
     until(&mut events, 3.0, "is_done", |e| e.is_done).await;
 }
 
-#[tokio::test]
 async fn etcd_down_at_start_and_up_later_elects_us() {
     let etcd = etcd().await;
     let (proxy, client) = proxied_client(&etcd).await;
@@ -200,7 +195,6 @@ async fn etcd_down_at_start_and_up_later_elects_us() {
     election.close().await;
 }
 
-#[tokio::test]
 async fn concede_hands_over_to_a_waiting_candidate_quickly() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -231,7 +225,6 @@ async fn concede_hands_over_to_a_waiting_candidate_quickly() {
     b.close().await;
 }
 
-#[tokio::test]
 async fn proclaim_is_seen_by_the_other_candidates() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -273,7 +266,6 @@ async fn foo_and_foobar_are_separate_elections() {
     b.close().await;
 }
 
-#[tokio::test]
 async fn stale_leader_cannot_write_through_txn_if_leader() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -332,7 +324,6 @@ async fn stale_leader_cannot_write_through_txn_if_leader() {
     b.close().await;
 }
 
-#[tokio::test]
 async fn dropping_an_election_leaves_no_key_behind() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -446,7 +437,6 @@ async fn bad_election_config_is_refused_and_leaves_nothing() {
 }
 
 /// etcdctl's `elect` and ours take turns in one election.
-#[tokio::test]
 async fn interop_with_etcdctl_elect() {
     interop_with_etcdctl_elect_as(Form::Own).await;
 }
@@ -536,7 +526,6 @@ async fn interop_with_etcdctl_elect_as(form: Form) {
 #[allow(dead_code)]
 fn assert_object_safe(_: Arc<dyn etcdutil::LeaderElector>, _: &Election) {}
 
-#[tokio::test]
 async fn back_in_the_race_after_etcd_restarts() {
     let mut etcd = etcd().await;
     let client = client(&etcd).await;
@@ -560,7 +549,6 @@ async fn back_in_the_race_after_etcd_restarts() {
 /// `close()` returns only once `is_done` went out, within TTL + 1 s, even
 /// when etcd cannot be reached (a blackhole: nothing answers; a cut: every
 /// connection is refused).
-#[tokio::test]
 async fn close_is_done_within_ttl_plus_1s_when_etcd_is_unreachable() {
     let etcd = etcd().await;
     for fault in ["blackhole", "cut"] {
@@ -596,7 +584,6 @@ async fn close_is_done_within_ttl_plus_1s_when_etcd_is_unreachable() {
 
 /// With etcd reachable, `close()` leaves nothing behind the moment it
 /// returns: no key, no lease (no waiting for a background revoke).
-#[tokio::test]
 async fn nothing_is_left_in_etcd_when_close_returns() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
@@ -787,7 +774,6 @@ async fn go_leader(client: &etcdutil::Client, election: &str) -> Option<String> 
 
 /// A Go candidate that entered first leads: ours defers to it, reports it
 /// as the leader, and takes over within 1 s of its key's deletion.
-#[tokio::test]
 async fn go_package_candidate_entered_first_leads_and_ours_follows() {
     go_package_candidate_entered_first_leads_and_ours_follows_as(Form::Own).await;
 }
@@ -837,7 +823,6 @@ async fn go_package_candidate_entered_first_leads_and_ours_follows_as(form: Form
 
 /// A Go candidate that enters after ours does not affect us (the Go package
 /// sees our older key and defers), and takes over when ours closes.
-#[tokio::test]
 async fn go_package_candidate_entered_later_defers_to_ours() {
     go_package_candidate_entered_later_defers_to_ours_as(Form::Own).await;
 }
@@ -964,3 +949,23 @@ async fn observer_follows_the_client_to_another_member() {
     .await;
     b.close().await;
 }
+
+// The tests that run with both engines (issue: the server-side engine
+// passes the same tests as the default).
+crate::both_engines!(
+    lone_candidate_leads_and_is_not_leader_after_close,
+    two_campaigns_see_the_exact_event_sequence,
+    candidate_that_never_wins_closes_cleanly_and_fast,
+    leader_cut_off_steps_down_and_the_other_wins,
+    etcd_down_at_start_and_up_later_elects_us,
+    concede_hands_over_to_a_waiting_candidate_quickly,
+    proclaim_is_seen_by_the_other_candidates,
+    stale_leader_cannot_write_through_txn_if_leader,
+    dropping_an_election_leaves_no_key_behind,
+    interop_with_etcdctl_elect,
+    back_in_the_race_after_etcd_restarts,
+    close_is_done_within_ttl_plus_1s_when_etcd_is_unreachable,
+    nothing_is_left_in_etcd_when_close_returns,
+    go_package_candidate_entered_first_leads_and_ours_follows,
+    go_package_candidate_entered_later_defers_to_ours,
+);

@@ -44,6 +44,7 @@ async fn session_and_election_ride_through_token_expiries() {
                 counted.fetch_add(1, Ordering::SeqCst);
             }
         })),
+        ..Default::default()
     };
     let election = new_election(&client, config).await.unwrap();
     assert!(election.is_leader());
@@ -227,6 +228,7 @@ async fn idle_leader_election_calls_ride_through_token_expiry() {
                     }
                     let _ = events.send(event);
                 })),
+                ..Default::default()
             }
         };
     let a = new_election(&a_client, config("a", a_events))

@@ -18,6 +18,7 @@ mod harness;
 mod leadership;
 mod lock_cli;
 mod mutex;
+mod server_side;
 mod session;
 mod shared;
 mod watches;

@@ -28,6 +28,7 @@ fn on(election: &str, candidate: &str, observer: EventObserver) -> ElectionConfi
         event_observer: Some(observer),
         election: election.into(),
         candidate: candidate.into(),
+        engine: engine(),
         ..Default::default()
     }
 }
@@ -69,7 +70,6 @@ async fn session(client: &etcdutil::Client, ttl: i64) -> Session {
     session
 }
 
-#[tokio::test]
 async fn elections_on_a_blackholed_session_step_down_together_before_others_lead() {
     let etcd = etcd().await;
     let (proxy, cut_client) = proxied_client(&etcd).await;
@@ -376,3 +376,7 @@ async fn bad_input_on_a_shared_session_is_refused_and_leaves_nothing() {
     let closed = new_election_on_async(&shared, on("fine", "x", observer));
     assert!(matches!(closed, Err(Error::Closed)), "{closed:?}");
 }
+
+// With both engines: a shared session's step-down does not depend on how
+// its elections campaign.
+crate::both_engines!(elections_on_a_blackholed_session_step_down_together_before_others_lead);
