@@ -172,6 +172,10 @@ impl Election {
     /// Returns once the election is closed (by `AfterWork::Stop`, or by
     /// anyone).
     ///
+    /// If `work` panics, the election is closed (our key resigned, so
+    /// another candidate takes over at once and nothing is left leading
+    /// with no work), then the panic goes on to the caller.
+    ///
     /// ```no_run
     /// use std::time::Duration;
     /// use etcdutil::AfterWork;
@@ -196,7 +200,7 @@ impl Election {
         while let Ok(leadership) = self.leadership().await {
             let lost = leadership.lost();
             let rev = leadership.rev();
-            let work = work(leadership);
+            let work = CatchUnwind(work(leadership));
             tokio::pin!(work);
             let after = tokio::select! {
                 after = &mut work => Some(after),
@@ -219,7 +223,14 @@ impl Election {
                         cancelled = after.is_none(),
                         "work outlived its term"
                     );
-                    after.unwrap_or(AfterWork::Requeue)
+                    after.unwrap_or(Ok(AfterWork::Requeue))
+                }
+            };
+            let after = match after {
+                Ok(after) => after,
+                Err(panic) => {
+                    self.close().await;
+                    std::panic::resume_unwind(panic);
                 }
             };
             match after {
@@ -235,6 +246,27 @@ impl Election {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Polls a future, catching a panic as an `Err` (what `futures`'
+/// `catch_unwind` does, without the dependency).
+struct CatchUnwind<F>(F);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: structural pinning: the inner future is never moved.
+        let inner = unsafe { self.map_unchecked_mut(|this| &mut this.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
 }

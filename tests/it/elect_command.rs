@@ -51,6 +51,21 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The pids children logged as `pid ID PID`; asserts none is still running.
+fn assert_no_child_left(log: &Path) {
+    let pids: Vec<i32> = lines(log)
+        .iter()
+        .filter_map(|l| l.strip_prefix("pid "))
+        .filter_map(|rest| rest.split(' ').nth(1)?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "the children logged their pids");
+    for pid in pids {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "child {pid} still runs after its elect exited");
+    }
+}
+
 async fn wait_for_line(
     path: &Path,
     secs: f64,
@@ -77,7 +92,8 @@ async fn the_command_runs_on_one_host_at_a_time_with_its_fencing_token() {
     let name = unique("cron");
     let log = dir.0.path().join("log");
     // Logs its start, waits for the file `go-$ID`, logs its end, exits 3.
-    let script = r#"echo "start $ID $ETCD_ELECTION_KEY $ETCD_ELECTION_REV" >> log
+    let script = r#"echo "pid $ID $$" >> log
+        echo "start $ID $ETCD_ELECTION_KEY $ETCD_ELECTION_REV" >> log
         while [ ! -e "go-$ID" ]; do sleep 0.02; done
         echo "end $ID" >> log; exit 3"#;
     let endpoint = etcd.endpoint();
@@ -111,6 +127,7 @@ async fn the_command_runs_on_one_host_at_a_time_with_its_fencing_token() {
     wait_for_line(&log, 10.0, "b's command", |l| l.starts_with("start b")).await;
     let order: Vec<String> = lines(&log)
         .iter()
+        .filter(|l| !l.starts_with("pid "))
         .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
         .collect();
     assert_eq!(
@@ -127,6 +144,7 @@ async fn the_command_runs_on_one_host_at_a_time_with_its_fencing_token() {
             .is_empty()
     );
     assert!(lease_ids(&client).await.is_empty(), "no lease left");
+    assert_no_child_left(&log);
 }
 
 /// Leadership lost (our key deleted by someone): the command gets SIGTERM,
@@ -140,6 +158,7 @@ async fn a_lost_term_stops_the_command_and_the_next_term_runs_it_again() {
     let name = unique("rerun");
     let log = dir.0.path().join("log");
     let script = r#"trap 'echo "term $ETCD_ELECTION_REV" >> log; exit 0' TERM
+        echo "pid $ID $$" >> log
         echo "start $ETCD_ELECTION_KEY $ETCD_ELECTION_REV" >> log
         while :; do sleep 0.02; done"#;
     // A deleted key lets another lead at once: the default grace is 0.
@@ -187,11 +206,14 @@ async fn a_lost_term_stops_the_command_and_the_next_term_runs_it_again() {
             .await
             .is_empty()
     );
+    assert_no_child_left(&log);
 }
 
 /// A leader cut off from etcd (a blackhole) whose command ignores SIGTERM:
-/// the command is killed before the other candidate's command starts, as
-/// `etcdctl lock -- COMMAND` does not.
+/// the command gets SIGTERM, then SIGKILL, before the other candidate's
+/// command starts (`etcdctl lock -- COMMAND` lets it run on). Prints the
+/// time from the blackhole to the SIGTERM, and the margin between the
+/// first command's last sign of life and the second's start.
 #[tokio::test]
 async fn a_cut_off_leaders_command_is_killed_before_the_next_leaders_starts() {
     let etcd = etcd().await;
@@ -201,21 +223,47 @@ async fn a_cut_off_leaders_command_is_killed_before_the_next_leaders_starts() {
     let dir = TempDir::new();
     let name = unique("blackhole-cmd");
     let log = dir.0.path().join("log");
-    // Ignores SIGTERM, and ticks into the log while it runs (until the
-    // file `stop` exists).
-    let script = r#"trap '' TERM
-        echo "start $ID" >> log
-        while [ ! -e stop ]; do echo "tick $ID" >> log; sleep 0.01; done"#;
+    // Logs SIGTERM but carries on, and ticks into the log (with the time in
+    // ns) while it runs, until the file `stop` exists.
+    let script = r#"trap 'echo "term $ID $(date +%s%N)" >> log' TERM
+        echo "pid $ID $$" >> log
+        echo "start $ID $(date +%s%N)" >> log
+        while [ ! -e stop ]; do echo "tick $ID $(date +%s%N)" >> log; sleep 0.01; done"#;
     let mut a = elect_sh(&proxy.endpoint(), &name, "a", 2, &[], dir.0.path(), script);
-    wait_for_line(&log, 10.0, "a's command", |l| l == "start a").await;
+    wait_for_line(&log, 10.0, "a's command", |l| l.starts_with("start a")).await;
     let mut b = elect_sh(&etcd.endpoint(), &name, "b", 2, &[], dir.0.path(), script);
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    };
     proxy.blackhole().await.unwrap();
-    wait_for_line(&log, 15.0, "b's command", |l| l == "start b").await;
+    let blackholed = now_ns();
+    wait_for_line(&log, 15.0, "b's command", |l| l.starts_with("start b")).await;
     let all = lines(&log);
-    let b_started = all.iter().position(|l| l == "start b").unwrap();
+    let at = |line: &str| -> i64 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+    let b_started = all.iter().position(|l| l.starts_with("start b")).unwrap();
     assert!(
-        !all[b_started..].iter().any(|l| l == "tick a"),
+        !all[b_started..].iter().any(|l| l.starts_with("tick a")),
         "a's command still ran after b's started"
+    );
+    let term = all
+        .iter()
+        .find(|l| l.starts_with("term a"))
+        .expect("a's command got SIGTERM");
+    let last_tick = all[..b_started]
+        .iter()
+        .rfind(|l| l.starts_with("tick a"))
+        .expect("a's command ticked");
+    let ms = |ns: i64| ns as f64 / 1e6;
+    println!(
+        "blackhole at 0: SIGTERM to a's command at {:.0} ms, its last tick at {:.0} ms, \
+         b's command started at {:.0} ms (margin {:.0} ms)",
+        ms(at(term) - blackholed),
+        ms(at(last_tick) - blackholed),
+        ms(at(&all[b_started]) - blackholed),
+        ms(at(&all[b_started]) - at(last_tick)),
     );
     proxy.restore().await.unwrap();
     std::fs::write(dir.0.path().join("stop"), "").unwrap();
@@ -223,4 +271,5 @@ async fn a_cut_off_leaders_command_is_killed_before_the_next_leaders_starts() {
     signal(&b, libc::SIGTERM);
     within(10.0, "a to exit", a.wait()).await.unwrap();
     within(10.0, "b to exit", b.wait()).await.unwrap();
+    assert_no_child_left(&log);
 }

@@ -269,3 +269,166 @@ async fn work_that_ignores_the_loss_is_dropped_after_the_grace() {
         .await
         .unwrap();
 }
+
+/// How a leader loses its term in the ordering test.
+#[derive(Clone, Copy, Debug)]
+enum Cause {
+    Cut,
+    Blackhole,
+    Concede,
+    /// `etcdctl del` of our key.
+    Deleted,
+}
+
+/// Under each cause, our loss signal fires before the other candidate's
+/// `is_leader()` turns true; prints the margin.
+#[tokio::test]
+async fn the_loss_fires_before_another_candidate_leads() {
+    for cause in [Cause::Cut, Cause::Blackhole, Cause::Concede, Cause::Deleted] {
+        let etcd = etcd().await;
+        let (proxy, client) = proxied_client(&etcd).await;
+        let direct = self::client(&etcd).await;
+        let name = unique("scope-order");
+        let a = Arc::new(leader(&client, &name, "a", 2).await);
+        let b = Arc::new(leader(&direct, &name, "b", 2).await);
+        let term = a.leadership().await.unwrap();
+        // b's is_leader, sampled every millisecond.
+        let watching = b.clone();
+        let b_led = tokio::spawn(async move {
+            while !watching.is_leader() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Instant::now()
+        });
+        let lost = term.lost();
+        let a_lost = tokio::spawn(async move {
+            lost.wait().await;
+            Instant::now()
+        });
+        let faulted = Instant::now();
+        match cause {
+            Cause::Cut => proxy.cut().await,
+            Cause::Blackhole => proxy.blackhole().await.unwrap(),
+            Cause::Concede => assert!(a.concede().await.unwrap()),
+            Cause::Deleted => {
+                let status = tokio::process::Command::new("etcdctl")
+                    .args(["--endpoints", &etcd.endpoint(), "del", term.key()])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .expect("run etcdctl");
+                assert!(status.success());
+            }
+        }
+        let lost_at = within(10.0, "a's loss", a_lost).await.unwrap();
+        let led_at = within(10.0, "b leads", b_led).await.unwrap();
+        assert!(
+            lost_at < led_at,
+            "{cause:?}: b led {:?} before a's loss fired",
+            lost_at - led_at
+        );
+        println!(
+            "{cause:?}: loss fired {:?} after the fault, {:?} before b led",
+            lost_at - faulted,
+            led_at - lost_at
+        );
+        proxy.restore().await.unwrap();
+        b.close().await;
+        a.close().await;
+    }
+}
+
+/// The work's cancellation is observed before the other candidate leads;
+/// work that returns by itself (release on return) hands over at once.
+#[tokio::test]
+async fn run_while_leader_stops_before_the_next_leader_and_releases_on_return() {
+    let etcd = etcd().await;
+    let (proxy, client) = proxied_client(&etcd).await;
+    let direct = self::client(&etcd).await;
+    let name = unique("scope-release");
+    let a = Arc::new(leader(&client, &name, "a", 2).await);
+    let (stopped_tx, mut stopped) = mpsc::unbounded_channel::<Instant>();
+    let running = a.clone();
+    let runner = tokio::spawn(async move {
+        running
+            .run_while_leader(Duration::from_secs(1), |leadership| {
+                let stopped_tx = stopped_tx.clone();
+                async move {
+                    leadership.lost().await;
+                    let _ = stopped_tx.send(Instant::now());
+                    AfterWork::Requeue
+                }
+            })
+            .await
+    });
+    within(5.0, "a's work runs", a.leadership()).await.unwrap();
+    let b = Arc::new(leader(&direct, &name, "b", 2).await);
+    let watching = b.clone();
+    let b_led = tokio::spawn(async move {
+        while !watching.is_leader() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Instant::now()
+    });
+    proxy.blackhole().await.unwrap();
+    let stopped_at = within(10.0, "a's work stops", stopped.recv())
+        .await
+        .unwrap();
+    let led_at = within(10.0, "b leads", b_led).await.unwrap();
+    assert!(stopped_at < led_at, "b led before a's work stopped");
+    println!(
+        "blackhole: a's work stopped {:?} before b led",
+        led_at - stopped_at
+    );
+    proxy.restore().await.unwrap();
+    a.close().await;
+    within(5.0, "a's run ends", runner).await.unwrap();
+
+    // Release on return: b's work returns at once; the waiting c leads
+    // within a handover's time.
+    let c = Arc::new(leader(&direct, &name, "c", 2).await);
+    let released = Instant::now();
+    let running = b.clone();
+    let runner = tokio::spawn(async move {
+        running
+            .run_while_leader(Duration::from_secs(1), |_| async { AfterWork::Stop })
+            .await
+    });
+    within(5.0, "c leads once b's work returned", c.leadership())
+        .await
+        .unwrap();
+    let handover = released.elapsed();
+    println!("release on return: c led {handover:?} after b's work returned");
+    assert!(handover < Duration::from_secs(1), "{handover:?}");
+    within(5.0, "b's run ends", runner).await.unwrap();
+    assert!(matches!(b.leadership().await, Err(Error::Closed)));
+    c.close().await;
+}
+
+/// A panicking work: the election is closed (our key resigned, so another
+/// candidate leads), then the panic reaches `run_while_leader`'s caller.
+#[tokio::test]
+async fn a_panicking_work_closes_the_election_and_the_next_leads() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let name = unique("scope-panic");
+    let a = Arc::new(leader(&client, &name, "a", 5).await);
+    let b = leader(&client, &name, "b", 5).await;
+    let running = a.clone();
+    let runner = tokio::spawn(async move {
+        running
+            .run_while_leader(Duration::from_secs(1), |_| async {
+                panic!("the work's bug");
+            })
+            .await
+    });
+    let joined = within(10.0, "the run ends", runner).await;
+    assert!(
+        joined.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    assert!(matches!(a.leadership().await, Err(Error::Closed)));
+    within(5.0, "b leads", b.leadership()).await.unwrap();
+    b.close().await;
+}
