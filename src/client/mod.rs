@@ -73,7 +73,7 @@ struct Inner {
     /// Lease grants and revokes in flight at once (see `session::grant`
     /// and `session::revoke`).
     lease_calls: tokio::sync::Semaphore,
-    /// Elections' candidacy Txns, reads and Resigns in flight at once (see
+    /// Elections' candidacy Txns and first reads in flight at once (see
     /// [`Client::call_permit`]).
     election_calls: tokio::sync::Semaphore,
     /// Set by [`Client::close`]: no new session or election.
@@ -332,8 +332,8 @@ impl Client {
             .expect("the semaphore is never closed")
     }
 
-    /// A turn for an election's call (a candidacy Txn, a read of the
-    /// candidates, a Resign).
+    /// A turn for an election's call (a candidacy Txn, the observer's first
+    /// watch and read). Resigns take none: a handover never waits for one.
     pub(crate) async fn call_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.inner
             .election_calls

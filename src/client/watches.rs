@@ -115,6 +115,10 @@ impl KeyWatch {
             {
                 let mut inbox = self.events.queue.lock().expect("inbox lock");
                 if let Some(events) = inbox.items.pop_front() {
+                    if inbox.items.is_empty() {
+                        // Idle most of its life: keep no queue meanwhile.
+                        inbox.items = VecDeque::new();
+                    }
                     return events;
                 }
                 if inbox.closed {

@@ -203,6 +203,19 @@ impl Shared {
         self.lock().next_leader_earliest
     }
 
+    /// Waits until the task has ended (closed).
+    pub(crate) async fn wait_finished(&self) {
+        loop {
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            if self.requests.lock().expect("requests lock").finished {
+                return;
+            }
+            published.await;
+        }
+    }
+
     /// Waits until we lead; `Err(Closed)` once the election has closed.
     pub(crate) async fn wait_for_leadership(&self) -> Result<Leadership> {
         loop {
@@ -524,7 +537,6 @@ impl Task {
         if let Some(session) = &self.own_session {
             session.close_by(deadline).await;
         }
-        self.shared.finish();
         if let Some(reply) = conceded {
             let _ = reply.send(Ok(true));
         }
@@ -532,6 +544,8 @@ impl Task {
             is_done: true,
             ..ElectionEvent::default()
         });
+        // Last: `close()` returns once this is set, after `is_done` went out.
+        self.shared.finish();
     }
 
     /// The candidacy Txn for `lease`, with the pages of Go candidates it
@@ -552,8 +566,10 @@ impl Task {
         let txn = candidacy_txn(&name, lease, &self.candidate);
         Box::pin(async move {
             let attempt = client.attempt();
-            let outcome = async {
-                let _permit = client.call_permit().await;
+            // The turn first, then the call's large future: 10,000
+            // elections entering at once wait in a few hundred bytes each.
+            let _permit = client.call_permit().await;
+            let outcome = Box::pin(async {
                 let response = client.kv().txn(txn).await?.into_inner();
                 let (mut entered, mut next) = parse_candidacy(&name, response)?;
                 while let Some(read) = next {
@@ -561,7 +577,7 @@ impl Task {
                     next = go_page(&name, page, &mut entered);
                 }
                 Ok(entered)
-            };
+            });
             (lease, attempt, outcome.await)
         })
     }
@@ -707,7 +723,7 @@ pub(crate) fn go_read(name: &str, as_of_rev: i64, min_rev: i64, our_rev: i64) ->
 /// Ends a term: deletes the leader key if its create revision is still the
 /// term's. Returns the revision etcd answered at.
 async fn resign(client: Client, term: LeaderKey, limit: Duration) -> Result<i64> {
-    let _permit = client.call_permit().await;
+    // No turn to wait for: a handover must not queue behind entries.
     let mut election = client.election();
     let resign = election.resign(ResignRequest { leader: Some(term) });
     match tokio::time::timeout(limit, resign).await {

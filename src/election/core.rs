@@ -343,7 +343,13 @@ impl Candidacy {
 
     /// The next action to execute, oldest first.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() {
+            // An idle candidacy keeps no queue: 10,000 of them would keep
+            // half a kilobyte each.
+            self.actions = VecDeque::new();
+        }
+        action
     }
 
     /// The session gained lease `lease`, or lost its lease (`None`, with the

@@ -44,7 +44,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -324,7 +324,6 @@ pub struct Election {
 /// [`Client::close`]'s.
 struct Closer {
     shared: Arc<Shared>,
-    done: watch::Receiver<bool>,
     ttl: i64,
 }
 
@@ -336,8 +335,7 @@ impl Closer {
             by: deadline,
             resign,
         });
-        // An Err means the task is gone already.
-        let _ = self.done.clone().wait_for(|done| *done).await;
+        self.shared.wait_finished().await;
     }
 }
 
@@ -518,10 +516,8 @@ impl Election {
             core = core.server_side();
         }
         let shared = Arc::new(Shared::new(name.clone(), core, config.event_observer));
-        let (done_tx, done) = watch::channel(false);
         let closer = Arc::new(Closer {
             shared: shared.clone(),
-            done,
             ttl,
         });
         // On a shared session, the session closes us: Client::close closes
@@ -558,7 +554,6 @@ impl Election {
         );
         tokio::spawn(async move {
             task.run().await;
-            let _ = done_tx.send(true);
             drop(registration);
         });
         Ok(Election {

@@ -159,7 +159,10 @@ async fn observe_once(
 ) -> std::result::Result<Option<Error>, Stopped> {
     // Boxed: the read's call is large and only in flight at the start, while
     // an election follows for its whole life.
+    // The turn first, then the start's large future (see `start`).
+    let permit = client.call_permit().await;
     let started = Box::pin(start(client, name, sink, attempt)).await?;
+    drop(permit);
     let (mut watch, mut follower) = match started {
         Ok(Some(following)) => following,
         Ok(None) => return Ok(None),
@@ -197,7 +200,6 @@ async fn start(
         return Err(Stopped);
     }
     let read = async {
-        let _permit = client.call_permit().await;
         client
             .kv()
             .range(Follower::read_request(name, revision))
@@ -319,6 +321,8 @@ impl Follower {
                 .partition_point(|c| (c.create_revision, &c.key) < (kv.create_revision, &kv.key));
             self.candidates.insert(at, kv);
         }
+        // Mostly one or two candidates, kept for the election's life.
+        self.candidates.shrink_to_fit();
     }
 
     fn report(&self, as_of_rev: i64) -> Report {
