@@ -1,7 +1,7 @@
 //! Benchmarks of `etcdutil` against a real etcd (the project's issue 6).
 //!
 //! ```sh
-//! cargo run --release --example bench                 # full run: under 10 minutes on 2 cores
+//! cargo run --release --example bench                 # full run: about 10 minutes on 2 cores
 //! BENCH_QUICK=1 cargo run --release --example bench   # smoke run: fewer reps, shorter holds
 //! ETCD3_ENDPOINT=10.0.0.7:2379 cargo run --release --example bench   # your own etcd, one pass
 //! BENCH_ETCD_CLIENT=0 cargo run --release --example bench  # without the etcd-client comparator
@@ -12,7 +12,7 @@
 //! 10 processes x 1,000 against a 3-member cluster; a handover among
 //! 10,000 elections; its plot `target/bench/scale.svg`) is the `scale`
 //! example: it starts an etcd per row and holds each for 20 s, so it runs
-//! on its own (about 6 minutes).
+//! on its own (about 4 minutes).
 //!
 //! Without `ETCD3_ENDPOINT` it runs every scenario twice, each time against
 //! a fresh single-member etcd it starts itself (`etcdutil::testing::Etcd`,

@@ -2,7 +2,7 @@
 //! benchmark's scale section; the project's issue 16).
 //!
 //! ```sh
-//! cargo run --release --example scale                     # everything: about 6 minutes
+//! cargo run --release --example scale                     # everything: about 4 minutes
 //! SCALE_QUICK=1 cargo run --release --example scale       # smoke run: small counts, 3 s holds
 //! SCALE_N=10000 SCALE_FORM=shared cargo run --release --example scale   # one row
 //! SCALE_PARTS=rows,cluster,handover cargo run --release --example scale # pick parts
