@@ -1,10 +1,18 @@
 //! Benchmarks of `etcdutil` against a real etcd (the project's issue 6).
 //!
 //! ```sh
-//! cargo run --release --example bench                 # full run: under 10 minutes on 2 cores
+//! cargo run --release --example bench                 # full run: about 10 minutes on 2 cores
 //! BENCH_QUICK=1 cargo run --release --example bench   # smoke run: fewer reps, shorter holds
 //! ETCD3_ENDPOINT=10.0.0.7:2379 cargo run --release --example bench   # your own etcd, one pass
+//! BENCH_ETCD_CLIENT=0 cargo run --release --example bench  # without the etcd-client comparator
+//! cargo run --release --example scale                 # the scale section (examples/scale.rs)
 //! ```
+//!
+//! The scale section (1,000 to 10,000 elections on one client, both forms;
+//! 10 processes x 1,000 against a 3-member cluster; a handover among
+//! 10,000 elections; its plot `target/bench/scale.svg`) is the `scale`
+//! example: it starts an etcd per row and holds each for 20 s, so it runs
+//! on its own (about 4 minutes).
 //!
 //! Without `ETCD3_ENDPOINT` it runs every scenario twice, each time against
 //! a fresh single-member etcd it starts itself (`etcdutil::testing::Etcd`,
@@ -45,8 +53,22 @@
 //!    `Channel`s, tonic-prost's codec: nothing of this crate on the way)
 //!    with leases kept by hand: A's `Campaign` wins, B's
 //!    `Campaign` waits in etcd for 300 ms, then from A's `Resign` to B's
-//!    `Campaign` returning. 100 reps each (quick: 10). Target: our median
-//!    <= 1.0x the raw one.
+//!    `Campaign` returning; and the same through etcd-client's own
+//!    election API (`campaign`, then `resign` of the leader; the crate
+//!    etcd-client 0.21, its own `Client`s on two connections). The three
+//!    run one after the other in each rep, in an order rotated by one per
+//!    rep. 100 reps each (quick: 10). Targets: our median <= 1.0x the raw
+//!    one, and <= 1.0x etcd-client's.
+//!
+//!    etcd-client runs in a helper process: its crate is written to
+//!    `target/bench/etcd-client-handover/` and built there with its own
+//!    lock file on the first run (about a minute). It is no dev-dependency
+//!    because its build script needs `protoc`, and this crate builds and
+//!    is tested without one; the bench needs `protoc` on the PATH (Debian:
+//!    `protobuf-compiler`) or in `PROTOC` for this row, and notes why it
+//!    skipped the row otherwise. The helper times each handover itself,
+//!    with the same clock points as the raw row; the bench only tells it
+//!    when.
 //! 3. **Crash failover**, TTL 2 s: the leader's `Client` goes through its own
 //!    fault proxy (`etcdutil::testing::Proxy`), the follower connects
 //!    directly. The proxy is `cut()`: its TCP connections close, as when a
@@ -86,9 +108,12 @@
 //! 6. **Raw KV throughput**: Puts with 1, 16 and 128 requests in flight on
 //!    one `Client` (direct) for 10 s each (quick: 2 s); operations per
 //!    second. Then at 128 in flight against a plain tonic channel to the same
-//!    etcd (the generated client without this crate's transport),
-//!    interleaved with ours (raw, ours, raw, ours; the better run of each).
-//!    Target: ours >= 1.0x the raw channel.
+//!    etcd (the generated client without this crate's transport): 5 pairs
+//!    of 5 s runs (quick: 3 of 1 s), ours and the raw channel's
+//!    interleaved (raw first in even pairs, ours first in odd ones).
+//!    Reported: the median rate of each, and the median over the pairs of
+//!    ours / raw, each pair's ratio listed under Notes. Target: that median
+//!    >= 1.0x.
 //! 7. **Process handover, `elect` against Go's `etcdctl elect`** (Debian's
 //!    etcd-client), interleaved rep by rep: two candidate processes of one
 //!    kind, the second settled in the race for 300 ms, then from SIGINT to
@@ -96,7 +121,7 @@
 //!    (`elect`'s `"is_leader":true` line; `etcdctl`'s key line). 30 reps
 //!    each (quick: 4). Target: `elect`'s median <= 1.0x `etcdctl`'s.
 //!
-//! Order within a pass: 1, 4, 2 (close), 2 (concede), 2 (settled vs raw),
+//! Order within a pass: 1, 4, 2 (close), 2 (concede), 2 (settled: ours, raw, etcd-client),
 //! 7, 3, 1 again, 5, 6.
 //! A rep that fails or takes too long is counted in `fail` and turns the
 //! row into a MISS; the first errors of each scenario are listed under the
@@ -215,6 +240,11 @@ struct Params {
     hold: Duration,
     throughput_for: Duration,
     in_flight: [usize; 3],
+    /// Interleaved pairs of runs, ours and a bare tonic channel, at the
+    /// highest in-flight level; the ratio is the median over the pairs.
+    compare_runs: usize,
+    /// Length of each of those runs.
+    compare_for: Duration,
 }
 
 impl Params {
@@ -235,6 +265,8 @@ impl Params {
             hold: Duration::from_secs(60),
             throughput_for: Duration::from_secs(10),
             in_flight: [1, 16, 128],
+            compare_runs: 5,
+            compare_for: Duration::from_secs(5),
         };
         if !quick {
             return full;
@@ -249,6 +281,8 @@ impl Params {
             sessions: 1000,
             hold: Duration::from_secs(10),
             throughput_for: Duration::from_secs(2),
+            compare_runs: 3,
+            compare_for: Duration::from_secs(1),
             ..full
         }
     }
@@ -1103,6 +1137,7 @@ async fn keepalive_child(target: &str) -> Res<()> {
 /// Row names the plot looks for.
 const SETTLED: &str = "2. handover, settled 300 ms, close()";
 const RAW_RESIGN: &str = "2. raw Resign -> queued Campaign (settled)";
+const ETCD_CLIENT: &str = "2. etcd-client Resign -> Campaign (settled)";
 const RACE_OURS: &str = "7. process handover: elect";
 const RACE_ETCDCTL: &str = "7. process handover: etcdctl elect";
 
@@ -1243,24 +1278,264 @@ async fn stock_channel(ctx: &Ctx<'_>) -> Res<Channel> {
         .await?)
 }
 
+// ---------------------------------------------------------------------------
+// etcd-client's own election API, in a helper process
+
+/// The etcd-client comparator's crate, written under `target/bench/` and
+/// built there on the first run (`cargo build --release`, its own lock file
+/// and target dir). It is not a dev-dependency: etcd-client's build script
+/// needs `protoc`, and this crate builds, is linted and is tested without
+/// it (see `.ci/run`); the bench needs `protoc` on the PATH (or `PROTOC`)
+/// for this comparison only, and skips it with a note otherwise.
+const ETCD_CLIENT_TOML: &str = r#"[package]
+name = "etcd-client-handover"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+etcd-client = "=0.21.1"
+tokio = { version = "1", features = ["rt-multi-thread", "macros", "time", "sync"] }
+
+# Not part of any workspace above it.
+[workspace]
+"#;
+
+/// The helper: `etcd-client-handover ENDPOINT PREFIX TTL SETTLE_MS`; two
+/// etcd-client `Client`s (two connections, as two processes would have);
+/// one settled handover per line `i` on stdin, answered `ok NANOS` or
+/// `err WHY` on stdout.
+const ETCD_CLIENT_MAIN: &str = r#"//! Generated by etcdutil's examples/bench.rs: a settled handover through
+//! etcd-client's own election API (Campaign, Resign), nothing else.
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ResignOptions};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [endpoint, prefix, ttl, settle] = &args[..] else {
+        return Err("usage: etcd-client-handover ENDPOINT PREFIX TTL SETTLE_MS".into());
+    };
+    let (ttl, settle): (i64, u64) = (ttl.parse()?, settle.parse()?);
+    let a = Client::connect([endpoint.as_str()], None).await?;
+    let b = Client::connect([endpoint.as_str()], None).await?;
+    println!("ready");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(i) = rx.recv().await {
+        let name = format!("/elections/{prefix}/etcd-client-{}", i.trim());
+        match rep(&a, &b, name, ttl, Duration::from_millis(settle)).await {
+            Ok(d) => println!("ok {}", d.as_nanos()),
+            Err(e) => println!("err {}", e.to_string().replace('\n', " ")),
+        }
+    }
+    Ok(())
+}
+
+/// A campaigns and wins, B's Campaign waits in etcd for `settle`, then from
+/// A's Resign to B's Campaign returning.
+async fn rep(a: &Client, b: &Client, name: String, ttl: i64, settle: Duration) -> Res<Duration> {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    let a_lease = a.lease_grant(ttl, None).await?.id();
+    let b_lease = b.lease_grant(ttl, None).await?.id();
+    let won = a.campaign(name.clone(), "a", a_lease).await?;
+    let leader = won.leader().cloned().ok_or("A's Campaign returned no leader key")?;
+    let mut waiting = b.clone();
+    let b_wins = tokio::spawn(async move {
+        let won = waiting.campaign(name, "b", b_lease).await;
+        (Instant::now(), won.map(|_| ()))
+    });
+    tokio::time::sleep(settle).await;
+    if b_wins.is_finished() {
+        return Err("B's Campaign returned before A resigned".into());
+    }
+    let t0 = Instant::now();
+    a.resign(Some(ResignOptions::new().with_leader(leader))).await?;
+    let (at, won) = tokio::time::timeout(Duration::from_secs(10), b_wins).await??;
+    won?;
+    a.lease_revoke(a_lease).await?;
+    b.lease_revoke(b_lease).await?;
+    Ok(at.saturating_duration_since(t0))
+}
+"#;
+
+/// Writes and builds the etcd-client helper (cargo rebuilds it only if its
+/// source changed); its path, or why not.
+fn etcd_client_binary() -> Res<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench")
+        .join("etcd-client-handover");
+    std::fs::create_dir_all(dir.join("src"))?;
+    let write_if_changed = |path: PathBuf, text: &str| -> std::io::Result<()> {
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            std::fs::write(path, text)?;
+        }
+        Ok(())
+    };
+    write_if_changed(dir.join("Cargo.toml"), ETCD_CLIENT_TOML)?;
+    write_if_changed(dir.join("src").join("main.rs"), ETCD_CLIENT_MAIN)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .output()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        tail.reverse();
+        let hint = if stderr.contains("protoc") {
+            " (etcd-client's build needs protoc: apt-get install protobuf-compiler, or set PROTOC)"
+        } else {
+            ""
+        };
+        return Err(format!("building it failed{hint}: {}", tail.join(" | ")).into());
+    }
+    Ok(dir
+        .join("target")
+        .join("release")
+        .join("etcd-client-handover"))
+}
+
+/// The running helper of one pass.
+struct EtcdClientHelper {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl EtcdClientHelper {
+    async fn start(binary: &std::path::Path, ctx: &Ctx<'_>) -> Res<EtcdClientHelper> {
+        use tokio::io::AsyncBufReadExt;
+        let endpoint = ctx.base.endpoints.first().ok_or("no endpoint")?;
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                endpoint.as_str(),
+                ctx.prefix.as_str(),
+                &ELECTION_TTL.to_string(),
+                &SETTLE.as_millis().to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .map_err(|_| "the etcd-client helper did not connect within 10 s")??;
+        if first.as_deref() != Some("ready") {
+            return Err(format!("the etcd-client helper said {first:?}").into());
+        }
+        Ok(EtcdClientHelper {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// One settled handover through etcd-client, timed in the helper.
+    async fn handover(&mut self, i: usize) -> Res<Duration> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{i}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let line = self
+            .lines
+            .next_line()
+            .await?
+            .ok_or("the etcd-client helper exited")?;
+        match line.split_once(' ') {
+            Some(("ok", nanos)) => Ok(Duration::from_nanos(nanos.parse()?)),
+            Some(("err", why)) => Err(format!("etcd-client: {why}").into()),
+            _ => Err(format!("the etcd-client helper said {line:?}").into()),
+        }
+    }
+
+    async fn stop(self) {
+        let EtcdClientHelper {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
+}
+
+/// Records one rep's outcome.
+fn record(
+    reps: &mut Reps,
+    i: usize,
+    limit: Duration,
+    result: Result<Res<Duration>, tokio::time::error::Elapsed>,
+) {
+    match result {
+        Ok(Ok(d)) => reps.samples.push(d),
+        Ok(Err(e)) => reps.errors.push(format!("rep {i}: {e}")),
+        Err(_) => reps
+            .errors
+            .push(format!("rep {i}: no result within {limit:?}")),
+    }
+}
+
 /// Scenario 6 against a plain tonic channel to the same etcd, without this
-/// crate's transport, interleaved with ours (raw, ours, raw, ours): Put
-/// rates `(ours, raw)` at `in_flight`, each the better of its two runs.
-async fn throughput_vs_raw(ctx: &Ctx<'_>, client: &Client, in_flight: usize) -> Res<(f64, f64)> {
+/// crate's transport: `p.compare_runs` pairs of runs of `p.compare_for`
+/// each, ours and the raw channel's interleaved (raw first in even pairs,
+/// ours first in odd ones). Returns the Put rates of every pair, `(ours, raw)`.
+async fn throughput_vs_raw(
+    ctx: &Ctx<'_>,
+    client: &Client,
+    in_flight: usize,
+) -> Res<Vec<(f64, f64)>> {
     use etcdutil::proto::etcdserverpb::kv_client::KvClient;
     let raw = KvClient::new(stock_channel(ctx).await?);
-    let (mut ours, mut best_raw) = (0.0f64, 0.0f64);
-    for _ in 0..2 {
-        best_raw = best_raw.max(put_rate(ctx, in_flight, || raw.clone()).await?);
-        ours = ours.max(put_rate(ctx, in_flight, || client.kv()).await?);
+    let for_each = ctx.p.compare_for;
+    let mut pairs = Vec::new();
+    for i in 0..ctx.p.compare_runs {
+        let (ours, theirs) = if i % 2 == 0 {
+            let theirs = put_rate(ctx, in_flight, for_each, || raw.clone()).await?;
+            (
+                put_rate(ctx, in_flight, for_each, || client.kv()).await?,
+                theirs,
+            )
+        } else {
+            let ours = put_rate(ctx, in_flight, for_each, || client.kv()).await?;
+            (
+                ours,
+                put_rate(ctx, in_flight, for_each, || raw.clone()).await?,
+            )
+        };
+        pairs.push((ours, theirs));
     }
-    Ok((ours, best_raw))
+    Ok(pairs)
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median_f64(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Scenario 6: Puts per second with `in_flight` workers, each on a client from `kv`.
 async fn put_rate<T>(
     ctx: &Ctx<'_>,
     in_flight: usize,
+    run_for: Duration,
     kv: impl Fn() -> etcdutil::proto::etcdserverpb::kv_client::KvClient<T>,
 ) -> Res<f64>
 where
@@ -1271,7 +1546,7 @@ where
     T::Future: Send,
 {
     let start = Instant::now();
-    let deadline = start + ctx.p.throughput_for;
+    let deadline = start + run_for;
     let mut workers = JoinSet::new();
     for w in 0..in_flight {
         let mut kv = kv();
@@ -1447,10 +1722,16 @@ async fn process_race(ctx: &Ctx<'_>, report: &mut ModeReport) -> Res<()> {
 // ---------------------------------------------------------------------------
 // One pass
 
-async fn run_mode(mode: Mode, p: Params, proxies: &ProxyRuntime, run_id: &str) -> ModeReport {
+async fn run_mode(
+    mode: Mode,
+    p: Params,
+    proxies: &ProxyRuntime,
+    etcd_client: Result<&std::path::Path, &str>,
+    run_id: &str,
+) -> ModeReport {
     let started = Instant::now();
     let mut report = ModeReport::new(mode);
-    if let Err(e) = run_mode_in(mode, p, proxies, run_id, &mut report).await {
+    if let Err(e) = run_mode_in(mode, p, proxies, etcd_client, run_id, &mut report).await {
         report.errors.push(format!("pass aborted: {e}"));
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -1465,6 +1746,7 @@ async fn run_mode_in(
     mode: Mode,
     p: Params,
     proxies: &ProxyRuntime,
+    etcd_client: Result<&std::path::Path, &str>,
     run_id: &str,
     report: &mut ModeReport,
 ) -> Res<()> {
@@ -1547,27 +1829,76 @@ async fn run_mode_in(
         report.latency(label, reps, Goal::MedianAndP99(3.0, 5.0));
     }
 
+    let mut etcd_client = match etcd_client {
+        Ok(binary) => match EtcdClientHelper::start(binary, &ctx).await {
+            Ok(helper) => Some(helper),
+            Err(e) => {
+                let note = format!("etcd-client comparator not run: {e}");
+                report.notes.push(note);
+                None
+            }
+        },
+        Err(e) => {
+            let note = format!("etcd-client comparator not run: {e}");
+            report.notes.push(note);
+            None
+        }
+    };
     step(
         started,
         &format!(
-            "2. settled handover by close() and raw Resign -> queued Campaign, interleaved: {} reps each",
+            "2. settled handover by close(), raw Resign -> queued Campaign (stock tonic) and etcd-client's Resign -> Campaign, interleaved: {} reps each",
             p.settled_reps
         ),
     );
     let (a_stock, b_stock) = (stock_channel(&ctx).await?, stock_channel(&ctx).await?);
-    let (ours, raw) = repeat_pair(
-        p.settled_reps,
-        REP_TIMEOUT,
-        async |i| raw_handover(&ctx, &a_stock, &b_stock, i).await,
-        async |i| handover(&ctx, &a_client, &b_client, Handover::Close, SETTLE, i).await,
-    )
-    .await;
+    // Ours, raw, etcd-client: each rep runs the three in an order rotated
+    // by one per rep, so that none always comes first.
+    let mut reps: [Reps; 3] = Default::default();
+    for i in 0..p.settled_reps {
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let result = match which {
+                0 => {
+                    let rep = handover(&ctx, &a_client, &b_client, Handover::Close, SETTLE, i);
+                    tokio::time::timeout(REP_TIMEOUT, rep).await
+                }
+                1 => {
+                    let rep = raw_handover(&ctx, &a_stock, &b_stock, i);
+                    tokio::time::timeout(REP_TIMEOUT, rep).await
+                }
+                _ => match etcd_client.as_mut() {
+                    Some(helper) => tokio::time::timeout(REP_TIMEOUT, helper.handover(i)).await,
+                    None => continue,
+                },
+            };
+            record(&mut reps[which], i, REP_TIMEOUT, result);
+        }
+    }
+    let [ours, raw, theirs] = reps;
+    let ours_median = stats(&ours.samples).map(|s| s.median);
     report.compared(
         (SETTLED, ours),
         (RAW_RESIGN, raw),
         "settled handover",
         "median, x raw Resign -> Campaign",
     );
+    if let Some(helper) = etcd_client {
+        helper.stop().await;
+        let theirs_median = stats(&theirs.samples).map(|s| s.median);
+        report.latency(ETCD_CLIENT, theirs, Goal::Info);
+        if let (Some(ours), Some(theirs)) = (ours_median, theirs_median) {
+            let x = ratio(ours, theirs);
+            report.figure(
+                "settled handover",
+                "median, x etcd-client",
+                x,
+                "x",
+                "<= 1.0",
+                Some(x <= 1.0),
+            );
+        }
+    }
     drop((a_client, b_client));
 
     step(
@@ -1626,7 +1957,7 @@ async fn run_mode_in(
                 p.throughput_for
             ),
         );
-        match put_rate(&ctx, in_flight, || client.kv()).await {
+        match put_rate(&ctx, in_flight, p.throughput_for, || client.kv()).await {
             Ok(ops) => report.figure(
                 "raw KV throughput",
                 &format!("Puts, {in_flight} in flight"),
@@ -1654,27 +1985,44 @@ async fn run_mode_in(
     let in_flight = *p.in_flight.last().expect("levels");
     step(
         started,
-        &format!("6. throughput, ours vs a raw tonic channel, {in_flight} in flight, interleaved"),
+        &format!(
+            "6. throughput, ours vs a raw tonic channel, {in_flight} in flight, {} interleaved pairs of {:?}",
+            p.compare_runs, p.compare_for
+        ),
     );
     match throughput_vs_raw(&ctx, &client, in_flight).await {
-        Ok((ours, raw)) => {
+        Ok(pairs) => {
+            let ours: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let raw: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+            let ratios: Vec<f64> = pairs.iter().map(|p| p.0 / p.1).collect();
+            let runs = pairs.len();
+            for (what, rates) in [("ours", &ours), ("raw tonic channel", &raw)] {
+                report.figure(
+                    "raw KV throughput",
+                    &format!("{in_flight} in flight, {what}, median of {runs}"),
+                    median_f64(rates),
+                    "ops/s",
+                    "-",
+                    None,
+                );
+            }
+            let x = median_f64(&ratios);
             report.figure(
                 "raw KV throughput",
-                &format!("Puts, {in_flight} in flight, raw tonic channel"),
-                raw,
-                "ops/s",
-                "-",
-                None,
-            );
-            let x = ours / raw;
-            report.figure(
-                "raw KV throughput",
-                &format!("{in_flight} in flight: ours / raw channel"),
+                &format!("{in_flight} in flight: ours / raw, median of {runs} pairs"),
                 x,
                 "x",
                 ">= 1.0",
                 Some(x >= 1.0),
             );
+            report.notes.push(format!(
+                "6. {in_flight} in flight, ours / raw tonic channel per interleaved pair: {}",
+                ratios
+                    .iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         Err(e) => report.errors.push(format!("6. throughput vs raw: {e}")),
     }
@@ -1713,6 +2061,7 @@ fn plot(reports: &[ModeReport], path: &std::path::Path) -> Res<()> {
         ),
         (SETTLED, "handover by close(), settled"),
         (RAW_RESIGN, "raw Resign -> queued Campaign, settled"),
+        (ETCD_CLIENT, "etcd-client Resign -> Campaign, settled"),
         (RACE_OURS, "process: elect, SIGINT"),
         (RACE_ETCDCTL, "process: etcdctl elect, SIGINT"),
         ("3. crash failover", "crash failover, TTL 2 s"),
@@ -1835,7 +2184,7 @@ fn print_tables(reports: &[ModeReport]) {
         "Latencies in ms. base = the Put baseline (scenario 1) of the same etcd in this run; x = ratio to it."
     );
     let header = format!(
-        "{:<9} {:<30} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
+        "{:<9} {:<43} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
         "mode",
         "scenario",
         "n",
@@ -1885,7 +2234,7 @@ fn print_tables(reports: &[ModeReport]) {
                 (fmt_ms(b.median), fmt_ms(b.p99))
             });
             println!(
-                "{:<9} {:<30} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
+                "{:<9} {:<43} {:>5} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {:<21} {}",
                 r.mode.label(),
                 row.scenario,
                 row.stats.map_or(0, |s| s.n),
@@ -1905,7 +2254,7 @@ fn print_tables(reports: &[ModeReport]) {
     }
     println!();
     let header = format!(
-        "{:<9} {:<18} {:<36} {:>12} {:<7} {:<11} {}",
+        "{:<9} {:<18} {:<46} {:>12} {:<7} {:<11} {}",
         "mode", "scenario", "figure", "value", "unit", "target", "result"
     );
     println!("{header}");
@@ -1913,7 +2262,7 @@ fn print_tables(reports: &[ModeReport]) {
     for r in reports {
         for f in &r.figures {
             println!(
-                "{:<9} {:<18} {:<36} {:>12} {:<7} {:<11} {}",
+                "{:<9} {:<18} {:<46} {:>12} {:<7} {:<11} {}",
                 r.mode.label(),
                 f.scenario,
                 f.metric,
@@ -2047,6 +2396,8 @@ fn to_json(p: Params, reports: &[ModeReport], total: f64, started_unix: u64) -> 
             "hold_s": json_num(p.hold.as_secs_f64()),
             "throughput_s": json_num(p.throughput_for.as_secs_f64()),
             "in_flight": p.in_flight,
+            "compare_runs": p.compare_runs,
+            "compare_s": json_num(p.compare_for.as_secs_f64()),
         },
         "runs": runs,
     });
@@ -2109,12 +2460,25 @@ async fn main() -> Res<()> {
         p.throughput_for
     );
     let proxies = ProxyRuntime::start()?;
+    let etcd_client = if std::env::var("BENCH_ETCD_CLIENT").is_ok_and(|v| v == "0") {
+        Err("BENCH_ETCD_CLIENT=0".to_owned())
+    } else {
+        println!("building the etcd-client comparator (target/bench/etcd-client-handover) ...");
+        let built = Instant::now();
+        let binary = etcd_client_binary().map_err(|e| e.to_string());
+        match &binary {
+            Ok(_) => println!("  built in {:.1} s", built.elapsed().as_secs_f64()),
+            Err(e) => println!("  not available: {e}"),
+        }
+        binary
+    };
     let run_id = format!("{}-{started_unix}", std::process::id());
     let mut reports = Vec::new();
     for mode in modes {
         println!();
         println!("== mode {}: {}", mode.label(), mode.description());
-        reports.push(run_mode(mode, p, &proxies, &run_id).await);
+        let etcd_client = etcd_client.as_deref().map_err(String::as_str);
+        reports.push(run_mode(mode, p, &proxies, etcd_client, &run_id).await);
     }
     let total = run_started.elapsed().as_secs_f64();
     print_tables(&reports);
@@ -2130,6 +2494,9 @@ async fn main() -> Res<()> {
         Ok(()) => println!("latency distributions: {}", svg.display()),
         Err(e) => println!("latency plot failed: {e}"),
     }
+    println!(
+        "the scale section (10,000 elections, a fleet against a cluster): cargo run --release --example scale"
+    );
     println!();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
