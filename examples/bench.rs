@@ -137,8 +137,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etcdutil::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, StatusRequest};
 use etcdutil::testing::{Etcd, Proxy};
 use etcdutil::{
-    Client, Config, Election, ElectionConfig, ElectionEvent, EventObserver, NO_LEASE, Session,
-    SessionConfig, SessionObserver, new_election,
+    Client, Config, Election, ElectionConfig, ElectionEvent, Engine, EventObserver, NO_LEASE,
+    Session, SessionConfig, SessionObserver, new_election, new_election_on,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -783,7 +783,7 @@ async fn put_baseline(ctx: &Ctx<'_>, client: &Client, key: &str) -> Reps {
     .await
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Handover {
     Close,
     Concede,
@@ -798,17 +798,31 @@ async fn handover(
     settle: Duration,
     i: usize,
 ) -> Res<Duration> {
+    handover_with(ctx, a_client, b_client, how, settle, i, Engine::ClientSide).await
+}
+
+/// As [`handover`], both candidates campaigning with `engine`.
+async fn handover_with(
+    ctx: &Ctx<'_>,
+    a_client: &Client,
+    b_client: &Client,
+    how: Handover,
+    settle: Duration,
+    i: usize,
+    engine: Engine,
+) -> Res<Duration> {
     let kind = match how {
         Handover::Close => "close",
         Handover::Concede => "concede",
     };
-    let name = format!("handover-{kind}-{}ms-{i}", settle.as_millis());
-    let a = new_election(a_client, ctx.election(&name, "a", ELECTION_TTL, None)).await?;
+    let name = format!("handover-{kind}-{}ms-{engine:?}-{i}", settle.as_millis());
+    let with = |config: ElectionConfig| ElectionConfig { engine, ..config };
+    let a = new_election(a_client, with(ctx.election(&name, "a", ELECTION_TTL, None))).await?;
     wait_leader(&a, Duration::from_secs(5)).await?;
     let (observer, stamp) = leader_stamp();
     let b = new_election(
         b_client,
-        ctx.election(&name, "b", ELECTION_TTL, Some(observer)),
+        with(ctx.election(&name, "b", ELECTION_TTL, Some(observer))),
     )
     .await?;
     tokio::time::sleep(settle).await;
@@ -866,8 +880,16 @@ async fn failover(ctx: &Ctx<'_>, follower_client: &Client, i: usize) -> Res<Dura
 }
 
 /// Scenario 4, one rep.
-async fn initial(ctx: &Ctx<'_>, client: &Client, i: usize) -> Res<Duration> {
-    let config = ctx.election(&format!("initial-{i}"), "solo", ELECTION_TTL, None);
+async fn initial(ctx: &Ctx<'_>, client: &Client, i: usize, engine: Engine) -> Res<Duration> {
+    let config = ElectionConfig {
+        engine,
+        ..ctx.election(
+            &format!("initial-{engine:?}-{i}"),
+            "solo",
+            ELECTION_TTL,
+            None,
+        )
+    };
     let t0 = Instant::now();
     let election = new_election(client, config).await?;
     let took = t0.elapsed();
@@ -875,6 +897,32 @@ async fn initial(ctx: &Ctx<'_>, client: &Client, i: usize) -> Res<Duration> {
     election.close().await;
     if !leads {
         return Err("new_election resolved without leading an empty election".into());
+    }
+    Ok(took)
+}
+
+/// Waits until `session` holds a lease.
+async fn wait_lease(session: &Session) -> Res<()> {
+    let mut lease = session.watch_lease();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lease.wait_for(|id| *id != NO_LEASE),
+    )
+    .await
+    .map_err(|_| "the session holds no lease after 10 s")??;
+    Ok(())
+}
+
+/// Scenario 4, on a session the caller holds already: one commit.
+async fn initial_on(ctx: &Ctx<'_>, session: &Session, i: usize) -> Res<Duration> {
+    let config = ctx.election(&format!("initial-on-{i}"), "solo", ELECTION_TTL, None);
+    let t0 = Instant::now();
+    let election = new_election_on(session, config).await?;
+    let took = t0.elapsed();
+    let leads = election.is_leader();
+    election.close().await;
+    if !leads {
+        return Err("new_election_on resolved without leading an empty election".into());
     }
     Ok(took)
 }
@@ -1810,13 +1858,66 @@ async fn run_mode_in(
         // watcher-sync cycle (see the module docs), as independent callers
         // would, instead of in lockstep with it.
         tokio::time::sleep(Duration::from_millis((i as u64 * 37) % 100)).await;
-        initial(&ctx, &client, i).await
+        initial(&ctx, &client, i, Engine::ClientSide).await
     })
     .await;
+    let own = stats(&reps.samples);
     report.latency("4. initial election", reps, Goal::TimesBaseline(2.5));
+
+    step(
+        started,
+        &format!(
+            "4. initial election on an existing session: {} reps",
+            p.initial_reps
+        ),
+    );
+    let session = Session::new(
+        &client,
+        SessionConfig {
+            ttl: ELECTION_TTL,
+            ..Default::default()
+        },
+    )?;
+    wait_lease(&session).await?;
+    let reps = repeat(p.initial_reps, REP_TIMEOUT, async |i| {
+        tokio::time::sleep(Duration::from_millis((i as u64 * 37) % 100)).await;
+        initial_on(&ctx, &session, i).await
+    })
+    .await;
+    report.latency(
+        "4. initial election on an existing session",
+        reps,
+        Goal::TimesBaseline(1.5),
+    );
+    session.close().await;
+
+    step(
+        started,
+        &format!(
+            "4. initial election, server-side engine: {} reps",
+            p.initial_reps
+        ),
+    );
+    let reps = repeat(p.initial_reps, REP_TIMEOUT, async |i| {
+        tokio::time::sleep(Duration::from_millis((i as u64 * 37) % 100)).await;
+        initial(&ctx, &client, i, Engine::ServerSide).await
+    })
+    .await;
+    if let (Some(own), Some(server)) = (own, stats(&reps.samples)) {
+        report.figure(
+            "4. initial election",
+            "server-side / default engine, median",
+            ratio(server.median, own.median),
+            "x",
+            "(information)",
+            None,
+        );
+    }
+    report.latency("4. initial election, server-side engine", reps, Goal::Info);
 
     let a_client = Client::connect(ctx.base.clone()).await?;
     let b_client = Client::connect(ctx.base.clone()).await?;
+    let mut concede_default = None;
     for (how, label) in [
         (Handover::Close, "2. handover by close()"),
         (Handover::Concede, "2. handover by concede()"),
@@ -1826,8 +1927,38 @@ async fn run_mode_in(
             handover(&ctx, &a_client, &b_client, how, Duration::ZERO, i).await
         })
         .await;
+        if how == Handover::Concede {
+            concede_default = stats(&reps.samples);
+        }
         report.latency(label, reps, Goal::MedianAndP99(3.0, 5.0));
     }
+    let label = "2. handover by concede(), server-side engine";
+    step(started, &format!("{label}: {} reps", p.handover_reps));
+    let reps = repeat(p.handover_reps, REP_TIMEOUT, async |i| {
+        let (how, settle) = (Handover::Concede, Duration::ZERO);
+        handover_with(
+            &ctx,
+            &a_client,
+            &b_client,
+            how,
+            settle,
+            i,
+            Engine::ServerSide,
+        )
+        .await
+    })
+    .await;
+    if let (Some(own), Some(server)) = (concede_default, stats(&reps.samples)) {
+        report.figure(
+            "2. handover by concede()",
+            "server-side / default engine, median",
+            ratio(server.median, own.median),
+            "x",
+            "(information)",
+            None,
+        );
+    }
+    report.latency(label, reps, Goal::Info);
 
     let mut etcd_client = match etcd_client {
         Ok(binary) => match EtcdClientHelper::start(binary, &ctx).await {

@@ -816,6 +816,7 @@ async fn handover(session: &Session, b_client: &Client, name: &str) -> Res<Durat
         election: name.into(),
         candidate: candidate.into(),
         ttl: TTL,
+        ..Default::default()
     };
     let a = new_election_on(session, config("a", None)).await?;
     if !a.is_leader() {
