@@ -126,8 +126,28 @@ async fn metrics_after_a_handover_a_blackhole_and_a_token_expiry() {
         samples(&seen, "etcdutil_election_time_to_lead_seconds") >= 2,
         "{seen:#?}"
     );
+    // run_while_leader: b's work ends with b's term (b concedes), and how
+    // long it outlived the term goes to the histogram.
+    let b = std::sync::Arc::new(b);
+    let running = b.clone();
+    let runner = tokio::spawn(async move {
+        running
+            .run_while_leader(Duration::from_secs(1), |leadership| async move {
+                leadership.lost().await;
+                etcdutil::AfterWork::Stop
+            })
+            .await
+    });
+    within(5.0, "b's work runs", b.leadership()).await.unwrap();
+    assert!(b.concede().await.unwrap());
+    within(10.0, "b's run ends", runner).await.unwrap();
+    let seen = changes(&snapshotter);
+    assert_eq!(
+        samples(&seen, "etcdutil_election_work_overrun_seconds"),
+        1,
+        "{seen:#?}"
+    );
     a.close().await;
-    b.close().await;
 
     // A blackhole in front of the member a client uses: the lease is lost
     // at its deadline, and calls move to the other endpoint.

@@ -202,9 +202,12 @@ impl Election {
             let rev = leadership.rev();
             let work = CatchUnwind(work(leadership));
             tokio::pin!(work);
+            // The loss first: work that returns because the term ended
+            // still has its overrun measured.
             let after = tokio::select! {
-                after = &mut work => Some(after),
+                biased;
                 () = lost.wait() => None,
+                after = &mut work => Some(after),
             };
             let after = match after {
                 // Returned by itself; if the term ended meanwhile, there is

@@ -382,7 +382,7 @@ impl std::fmt::Debug for Election {
 /// # Ok(()) }
 /// ```
 pub async fn new_election(client: &Client, config: ElectionConfig) -> Result<Election> {
-    first_outcome(Election::start(client, config)?).await
+    first_outcome(Election::start(client, config, true)?).await
 }
 
 /// Joins the election and returns at once; the outcome arrives as events.
@@ -400,7 +400,7 @@ pub async fn new_election(client: &Client, config: ElectionConfig) -> Result<Ele
 /// # Ok(()) }
 /// ```
 pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Election> {
-    Election::start(client, config)
+    Election::start(client, config, false).map(|(election, _)| election)
 }
 
 /// Joins the election standing on `session`'s lease, as etcd's Go
@@ -428,7 +428,7 @@ pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Ele
 /// # Ok(()) }
 /// ```
 pub async fn new_election_on(session: &Session, config: ElectionConfig) -> Result<Election> {
-    first_outcome(Election::start_on(session, config)?).await
+    first_outcome(Election::start_on(session, config, true)?).await
 }
 
 /// [`new_election_on`] that returns at once; the outcome arrives as events.
@@ -440,13 +440,14 @@ pub async fn new_election_on(session: &Session, config: ElectionConfig) -> Resul
 /// # Ok(()) }
 /// ```
 pub fn new_election_on_async(session: &Session, config: ElectionConfig) -> Result<Election> {
-    Election::start_on(session, config)
+    Election::start_on(session, config, false).map(|(election, _)| election)
 }
 
 /// Waits for the first outcome: we lead, someone else leads, or an error
 /// (then the candidacy is withdrawn and the error returned).
-async fn first_outcome(election: Election) -> Result<Election> {
-    let mut events = election.subscribe();
+async fn first_outcome(started: (Election, Option<Events>)) -> Result<Election> {
+    let (election, events) = started;
+    let mut events = events.expect("subscribed before the start");
     while let Some(event) = events.recv().await {
         if let Some(error) = event.err {
             election.close().await;
@@ -460,6 +461,9 @@ async fn first_outcome(election: Election) -> Result<Election> {
         stream: "election events",
     })
 }
+
+/// An election's events, from its start.
+type Events = mpsc::UnboundedReceiver<ElectionEvent>;
 
 /// What an election stands on: a session of its own, or a caller's.
 enum Ground<'a> {
@@ -477,7 +481,13 @@ impl Ground<'_> {
 }
 
 impl Election {
-    fn start(client: &Client, config: ElectionConfig) -> Result<Election> {
+    /// Starts an election; with `first_events`, also a receiver of its
+    /// events subscribed before its task runs, so that none is missed.
+    fn start(
+        client: &Client,
+        config: ElectionConfig,
+        first_events: bool,
+    ) -> Result<(Election, Option<Events>)> {
         let name = election_key(&config.election)?;
         let ttl = checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
         // Before the session: a refused election leaves nothing in etcd.
@@ -491,20 +501,29 @@ impl Election {
                 ..Default::default()
             },
         )?;
-        Election::stand(Ground::Own(session), name, config)
+        Election::stand(Ground::Own(session), name, config, first_events)
     }
 
-    fn start_on(session: &Session, config: ElectionConfig) -> Result<Election> {
+    fn start_on(
+        session: &Session,
+        config: ElectionConfig,
+        first_events: bool,
+    ) -> Result<(Election, Option<Events>)> {
         let name = election_key(&config.election)?;
         // Not used (the session's TTL is), but a bad value is still refused.
         checked_ttl("ElectionConfig.ttl", config.ttl, DEFAULT_ELECTION_TTL)?;
         if config.engine == Engine::ServerSide {
             server_side::check(session.client())?;
         }
-        Election::stand(Ground::Shared(session), name, config)
+        Election::stand(Ground::Shared(session), name, config, first_events)
     }
 
-    fn stand(ground: Ground<'_>, name: String, config: ElectionConfig) -> Result<Election> {
+    fn stand(
+        ground: Ground<'_>,
+        name: String,
+        config: ElectionConfig,
+        first_events: bool,
+    ) -> Result<(Election, Option<Events>)> {
         let session = ground.session();
         let client = session.client().clone();
         let ttl = session.ttl();
@@ -552,16 +571,20 @@ impl Election {
             own_session,
             attachment,
         );
+        // Before the task runs: on another worker thread, its first events
+        // could otherwise come before `new_election` listens for them.
+        let events = first_events.then(|| shared.subscribe());
         tokio::spawn(async move {
             task.run().await;
             drop(registration);
         });
-        Ok(Election {
+        let election = Election {
             client,
             name,
             shared,
             closer,
-        })
+        };
+        Ok((election, events))
     }
 
     /// The election's key prefix, `/elections/<name>`.

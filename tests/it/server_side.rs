@@ -243,3 +243,55 @@ async fn closing_a_waiting_server_side_candidate_leaves_no_key() {
     session.close().await;
     assert!(keys_under(&client, &prefix).await.is_empty());
 }
+
+/// A server-side candidate waiting in etcd's Campaign whose lease is
+/// revoked by someone else: etcd's Campaign would wait on (and later answer
+/// for a key that no longer exists); ours is dropped with the lease, and
+/// the candidate campaigns again on its session's next lease, then leads
+/// with a key that is in etcd.
+#[tokio::test]
+async fn a_waiting_campaign_is_dropped_with_its_lease_and_campaigns_again() {
+    let etcd = etcd().await;
+    let client = client(&etcd).await;
+    let other = self::client(&etcd).await;
+    let name = unique("revoked-server-side");
+    let leader = new_election(&client, server_side(&name, "leader"))
+        .await
+        .unwrap();
+    let waiting = new_election(&client, server_side(&name, "waiting"))
+        .await
+        .unwrap();
+    let prefix = format!("/elections/{name}/");
+    eventually(5.0, "the waiting key", || async {
+        keys_under(&client, &prefix).await.len() == 2
+    })
+    .await;
+    let keys = keys_under(&client, &prefix).await;
+    let leader_key = String::from_utf8_lossy(&leader.leader_key().unwrap().key).into_owned();
+    let old_key = keys.into_iter().find(|k| *k != leader_key).unwrap();
+    let old_lease = i64::from_str_radix(old_key.rsplit('/').next().unwrap(), 16).unwrap();
+    other
+        .lease()
+        .lease_revoke(etcdutil::proto::etcdserverpb::LeaseRevokeRequest { id: old_lease })
+        .await
+        .unwrap();
+    // Back in the race on a new lease: a new key.
+    eventually(10.0, "a new waiting key", || async {
+        let keys = keys_under(&client, &prefix).await;
+        keys.len() == 2 && !keys.contains(&old_key)
+    })
+    .await;
+    leader.close().await;
+    let term = within(10.0, "the waiting candidate leads", waiting.leadership())
+        .await
+        .unwrap();
+    assert_ne!(term.lease(), old_lease, "it leads on its new lease");
+    assert!(
+        keys_under(&client, &prefix)
+            .await
+            .contains(&term.key().to_owned()),
+        "its key is in etcd"
+    );
+    waiting.close().await;
+    assert!(keys_under(&client, &prefix).await.is_empty());
+}
