@@ -61,18 +61,24 @@ pub(crate) async fn campaign(
         value: candidate.to_owned().into(),
     };
     let response = client.election().campaign(request).await?.into_inner();
-    let as_of_rev = response.header.map_or(0, |h| h.revision);
     let term = response.leader.ok_or_else(|| Error::UnexpectedResponse {
         what: "Campaign answered without a leader key".into(),
     })?;
+    // Campaign's header is its first step's (the put's), older than the
+    // moment we became the oldest key: ask etcd's Leader, and take its
+    // answer as of its own header's revision. A report older than what the
+    // core acted on would be ignored, and a stalled Observe would then keep
+    // us from leading.
+    let leader = client
+        .election()
+        .leader(LeaderRequest {
+            name: name.to_owned().into(),
+        })
+        .await?
+        .into_inner();
+    let as_of_rev = leader.header.map_or(0, |h| h.revision);
     let mut entered = Entered {
-        leader: Some(Leader {
-            key: String::from_utf8_lossy(&term.key).into_owned(),
-            data: candidate.to_owned(),
-            rev: term.rev,
-            lease: term.lease,
-            as_of_rev,
-        }),
+        leader: leader.kv.map(|kv| Leader::new(&kv, as_of_rev)),
         our_rev: term.rev,
         go_older: Vec::new(),
         as_of_rev,
