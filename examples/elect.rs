@@ -46,8 +46,11 @@ use std::time::Duration;
 
 use etcdutil::{Election, ElectionConfig, ElectionEvent, Engine, new_client, new_election_async};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{error_chain, stdin_lines};
 
 const USAGE: &str = "usage: elect ELECTION CANDIDATE [--ttl SECS] [--server-side] [--metrics ADDR] [--grace SECS] [-- COMMAND [ARGS...]]";
 
@@ -69,18 +72,6 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
 #[cfg(not(feature = "metrics"))]
 fn serve_metrics(_: std::net::SocketAddr) -> Result<(), String> {
     Err("built without the `metrics` feature (cargo run --features metrics ...)".into())
-}
-
-/// The error with its causes, `outer: inner: ...`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn print_event(event: &ElectionEvent, to_stderr: bool) {
@@ -321,20 +312,4 @@ async fn run_command(election: &Election, args: &Args) -> i32 {
         // It exited by itself (or on our signal): hand over and exit as it did.
         return code;
     }
-}
-
-/// stdin's lines, read on a thread of their own. tokio's stdin reads on its
-/// blocking pool, which the runtime waits for at shutdown: a pipe held open
-/// by a supervisor (or a terminal) would keep the process from exiting.
-fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
-    let (sender, lines) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }

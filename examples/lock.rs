@@ -41,8 +41,11 @@ use std::time::Duration;
 
 use etcdutil::{Client, Mutex, Session, SessionConfig, new_client};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{error_chain, stdin_lines};
 
 const USAGE: &str = "usage: lock NAME [--ttl SECS] [--grace SECS] [-- COMMAND [ARGS...]]";
 
@@ -50,18 +53,6 @@ const USAGE: &str = "usage: lock NAME [--ttl SECS] [--grace SECS] [-- COMMAND [A
 fn bad_args(message: &str) -> ! {
     eprintln!("lock: {message}\n{USAGE}");
     std::process::exit(2);
-}
-
-/// The error with its causes, `outer: inner: ...`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 struct Args {
@@ -251,20 +242,4 @@ async fn main() {
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(1);
     exit(&client, code).await;
-}
-
-/// stdin's lines, read on a thread of their own. tokio's stdin reads on its
-/// blocking pool, which the runtime waits for at shutdown: a pipe held open
-/// by a supervisor (or a terminal) would keep the process from exiting.
-fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
-    let (sender, lines) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }

@@ -8,46 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use etcdutil::proto::etcdserverpb::PutRequest;
-use etcdutil::{Client, Config, WIRE_TARGET};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
-
-/// Keeps the message of every event on the wire target.
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.push_str(&format!("{value:?}"));
-        }
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target() == WIRE_TARGET
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut line = String::new();
-        event.record(&mut Message(&mut line));
-        self.0.lock().unwrap().push(line);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
+use etcdutil::{Client, Config};
 
 #[tokio::test]
 async fn every_rpc_is_logged_with_secrets_redacted() {
     let lines = Arc::new(Mutex::new(Vec::new()));
-    tracing::subscriber::set_global_default(Capture(lines.clone())).unwrap();
+    tracing::subscriber::set_global_default(WireCapture(lines.clone())).unwrap();
 
     let etcd = etcd().await;
     enable_auth(&etcd, "hunter2").await;

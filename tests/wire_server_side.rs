@@ -10,45 +10,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use etcdutil::{ElectionConfig, Engine, WIRE_TARGET, new_election};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
-
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.push_str(&format!("{value:?}"));
-        }
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target() == WIRE_TARGET
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut line = String::new();
-        event.record(&mut Message(&mut line));
-        self.0.lock().unwrap().push(line);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
+use etcdutil::{ElectionConfig, Engine, new_election};
 
 #[tokio::test]
 async fn a_server_side_election_uses_the_election_service_and_leases_only() {
     let lines = Arc::new(Mutex::new(Vec::new()));
-    tracing::subscriber::set_global_default(Capture(lines.clone())).unwrap();
+    tracing::subscriber::set_global_default(WireCapture(lines.clone())).unwrap();
 
     let etcd = etcd().await;
     let client = client(&etcd).await;

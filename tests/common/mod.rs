@@ -411,3 +411,56 @@ pub async fn etcd_metric(etcd: &Etcd, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A session of `client` (TTL `ttl`) once it holds its lease.
+pub async fn held_session(client: &Client, ttl: i64) -> etcdutil::Session {
+    let session = etcdutil::Session::new(
+        client,
+        etcdutil::SessionConfig {
+            ttl,
+            ..Default::default()
+        },
+    )
+    .expect("session");
+    let mut lease = session.watch_lease();
+    within(
+        10.0,
+        "the session's lease",
+        lease.wait_for(|l| *l != NO_LEASE),
+    )
+    .await
+    .expect("lease");
+    session
+}
+
+/// Keeps the message of every event on the wire target (`WIRE_TARGET`), for
+/// the wire-log tests, which install it as the global subscriber.
+pub struct WireCapture(pub Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!("{value:?}"));
+        }
+    }
+}
+
+impl tracing::Subscriber for WireCapture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == etcdutil::WIRE_TARGET
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = String::new();
+        event.record(&mut Message(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -13,30 +13,9 @@ use etcdutil::proto::etcdserverpb::{
     request_op,
 };
 use etcdutil::proto::v3lockpb::{LockRequest, UnlockRequest};
-use etcdutil::{Client, Error, LockKey, Mutex, NO_LEASE, Session, SessionConfig};
+use etcdutil::{Client, Error, LockKey, Mutex};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
-
-/// A session of `client` that holds its lease.
-pub async fn held_session(client: &Client, ttl: i64) -> Session {
-    let session = Session::new(
-        client,
-        SessionConfig {
-            ttl,
-            ..Default::default()
-        },
-    )
-    .expect("session");
-    let mut lease = session.watch_lease();
-    within(
-        10.0,
-        "the session's lease",
-        lease.wait_for(|l| *l != NO_LEASE),
-    )
-    .await
-    .expect("lease");
-    session
-}
 
 /// A lock name of this test's own.
 pub fn lock_name(what: &str) -> String {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use etcdutil::proto::etcdserverpb::LeaseRevokeRequest;
 use etcdutil::{
-    ElectionConfig, ElectionEvent, Error, EventObserver, NO_LEASE, Session, SessionConfig,
-    new_election_on, new_election_on_async,
+    ElectionConfig, ElectionEvent, Error, EventObserver, NO_LEASE, new_election_on,
+    new_election_on_async,
 };
 
 use crate::common::*;
@@ -50,33 +50,13 @@ fn led_at(events: &Timeline, after: Instant) -> Option<Instant> {
         .map(|(at, _)| *at)
 }
 
-async fn session(client: &etcdutil::Client, ttl: i64) -> Session {
-    let session = Session::new(
-        client,
-        SessionConfig {
-            ttl,
-            ..Default::default()
-        },
-    )
-    .expect("session");
-    let mut lease = session.watch_lease();
-    within(
-        5.0,
-        "the session's lease",
-        lease.wait_for(|id| *id != NO_LEASE),
-    )
-    .await
-    .expect("session alive");
-    session
-}
-
 async fn elections_on_a_blackholed_session_step_down_together_before_others_lead() {
     let etcd = etcd().await;
     let (proxy, cut_client) = proxied_client(&etcd).await;
     let client = client(&etcd).await;
     let names: Vec<String> = (0..3).map(|i| unique(&format!("together{i}"))).collect();
     let ttl = 2;
-    let shared = session(&cut_client, ttl).await;
+    let shared = held_session(&cut_client, ttl).await;
     let first_lease = shared.lease_id();
     let mut ours = Vec::new();
     for name in &names {
@@ -153,7 +133,7 @@ async fn a_thousand_elections_on_one_session_all_report_a_revoked_lease() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let prefix = unique("thousand");
-    let shared = session(&client, 5).await;
+    let shared = held_session(&client, 5).await;
     let lease = shared.lease_id();
     let mut elections = Vec::new();
     for i in 0..1000 {
@@ -222,7 +202,7 @@ async fn closing_one_election_resigns_it_and_keeps_the_session_and_the_others() 
     let etcd = etcd().await;
     let client = client(&etcd).await;
     let (a_name, b_name) = (unique("resign-a"), unique("resign-b"));
-    let shared = session(&client, 5).await;
+    let shared = held_session(&client, 5).await;
     let lease = shared.lease_id();
     let (observer, _) = timeline();
     let a = new_election_on(&shared, on(&a_name, "shared", observer.clone()))
@@ -275,7 +255,7 @@ async fn closing_the_session_resigns_its_elections_then_revokes_within_ttl_plus_
     let client = client(&etcd).await;
     let names: Vec<String> = (0..3).map(|i| unique(&format!("close{i}"))).collect();
     let ttl = 3;
-    let shared = session(&client, ttl).await;
+    let shared = held_session(&client, ttl).await;
     let lease = shared.lease_id();
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -327,7 +307,7 @@ async fn client_close_closes_shared_sessions_and_their_elections() {
     let client = client(&etcd).await;
     let inspector = crate::common::client(&etcd).await;
     let prefix = unique("client-close");
-    let shared = session(&client, 5).await;
+    let shared = held_session(&client, 5).await;
     let mut elections = Vec::new();
     for i in 0..10 {
         let (observer, _) = timeline();
@@ -351,7 +331,7 @@ async fn client_close_closes_shared_sessions_and_their_elections() {
 async fn bad_input_on_a_shared_session_is_refused_and_leaves_nothing() {
     let etcd = etcd().await;
     let client = client(&etcd).await;
-    let shared = session(&client, 5).await;
+    let shared = held_session(&client, 5).await;
     let (observer, _) = timeline();
     let bad_name = new_election_on_async(&shared, on(" / ", "x", observer.clone()));
     assert_eq!(
