@@ -88,3 +88,37 @@ pub(crate) fn delete_op(key: Vec<u8>) -> RequestOp {
         )),
     }
 }
+
+/// Runs `txn` nested in a transaction that compares `key`'s create revision
+/// with `rev` (a fencing token): the inner response, or `None` when the
+/// compare failed (the key is gone or was created again).
+pub(crate) async fn fenced(
+    client: &crate::client::Client,
+    key: Vec<u8>,
+    rev: i64,
+    txn: crate::proto::etcdserverpb::TxnRequest,
+) -> crate::error::Result<Option<crate::proto::etcdserverpb::TxnResponse>> {
+    use crate::proto::etcdserverpb::{RequestOp, TxnRequest, request_op, response_op};
+    let fenced = TxnRequest {
+        compare: vec![created_at(key, rev)],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(txn)),
+        }],
+        failure: vec![],
+    };
+    let response = client.kv().txn(fenced).await?.into_inner();
+    if !response.succeeded {
+        return Ok(None);
+    }
+    match response
+        .responses
+        .into_iter()
+        .next()
+        .and_then(|r| r.response)
+    {
+        Some(response_op::Response::ResponseTxn(inner)) => Ok(Some(inner)),
+        _ => Err(crate::error::Error::UnexpectedResponse {
+            what: "a nested Txn answered without its response".into(),
+        }),
+    }
+}

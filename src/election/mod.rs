@@ -48,14 +48,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::client::txn::created_at;
 use crate::client::{Client, Closable};
 use crate::election::candidacy::{RETRY, Request, Shared, Task};
 use crate::election::core::Candidacy;
 use crate::election::observe::{Leader, Observed, Report, run_observe};
 use crate::error::{Error, Result};
 use crate::event::{ElectionEvent, EventObserver};
-use crate::proto::etcdserverpb::{RequestOp, TxnRequest, TxnResponse, request_op, response_op};
+use crate::proto::etcdserverpb::{TxnRequest, TxnResponse};
 use crate::proto::v3electionpb::{LeaderKey, LeaderRequest, ProclaimRequest};
 use crate::session::{NO_LEASE, Session, SessionConfig, checked_ttl, close_budget};
 
@@ -695,28 +694,9 @@ impl Election {
     /// ```
     pub async fn txn_if_leader(&self, txn: TxnRequest) -> Result<TxnResponse> {
         let term = self.leader_key().ok_or(Error::NotLeader)?;
-        let fenced = TxnRequest {
-            compare: vec![created_at(term.key.to_vec(), term.rev)],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestTxn(txn)),
-            }],
-            failure: vec![],
-        };
-        let response = self.client.kv().txn(fenced).await?.into_inner();
-        if !response.succeeded {
-            return Err(Error::NotLeader);
-        }
-        match response
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|r| r.response)
-        {
-            Some(response_op::Response::ResponseTxn(inner)) => Ok(inner),
-            _ => Err(Error::UnexpectedResponse {
-                what: "a nested Txn answered without its response".into(),
-            }),
-        }
+        crate::client::txn::fenced(&self.client, term.key.to_vec(), term.rev, txn)
+            .await?
+            .ok_or(Error::NotLeader)
     }
 
     /// Resigns if leading, withdraws the candidacy, revokes the lease and

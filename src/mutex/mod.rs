@@ -52,8 +52,8 @@ use crate::client::{Client, Closable};
 use crate::error::{Error, Result};
 use crate::lost::{Lost, LostSender};
 use crate::proto::etcdserverpb::{
-    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
-    WatchCreateRequest, request_op, response_op, watch_create_request::FilterType,
+    PutRequest, RangeRequest, RangeResponse, ResponseOp, TxnRequest, TxnResponse,
+    WatchCreateRequest, response_op, watch_create_request::FilterType,
 };
 use crate::proto::mvccpb::event::EventType;
 use crate::session::core::safety_margin;
@@ -419,28 +419,10 @@ impl Mutex {
             name: self.shared.name.clone(),
         };
         let held = self.lock_key().ok_or_else(not_owner)?;
-        let fenced = TxnRequest {
-            compare: vec![created_at(held.key.into_bytes(), held.rev)],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestTxn(txn)),
-            }],
-            failure: vec![],
-        };
-        let response = self.shared.client.kv().txn(fenced).await?.into_inner();
-        if !response.succeeded {
-            return Err(not_owner());
-        }
-        match response
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|r| r.response)
-        {
-            Some(response_op::Response::ResponseTxn(inner)) => Ok(inner),
-            _ => Err(Error::UnexpectedResponse {
-                what: "a nested Txn answered without its response".into(),
-            }),
-        }
+        let key = held.key.into_bytes();
+        crate::client::txn::fenced(&self.shared.client, key, held.rev, txn)
+            .await?
+            .ok_or_else(not_owner)
     }
 }
 
