@@ -91,6 +91,12 @@ fn print_event(event: &ElectionEvent, to_stderr: bool) {
     let _ = stdout.flush();
 }
 
+/// SIGINT and SIGTERM, listened for from the start.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
 struct Args {
     election: String,
     candidate: String,
@@ -171,6 +177,12 @@ fn parse_args() -> Args {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    // Before anything else: a SIGTERM that comes while the election starts
+    // must close it, not kill the process with the key left in etcd.
+    let mut signals = Signals {
+        interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+    };
     let with_command = !args.command.is_empty();
 
     // Lazy: returns without waiting for etcd, fails only on a bad config.
@@ -196,9 +208,9 @@ async fn main() {
         }
     };
     let code = if with_command {
-        run_command(&election, &args).await
+        run_command(&election, &args, &mut signals).await
     } else {
-        follow_stdin(&election).await
+        follow_stdin(&election, &mut signals).await
     };
     // Closes the election (and anything else made from the client): resign,
     // revoke, both closing events, within TTL + 1 s.
@@ -210,9 +222,11 @@ async fn main() {
 }
 
 /// Campaigns, taking commands from stdin, until a signal or `close`.
-async fn follow_stdin(election: &Election) -> i32 {
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+async fn follow_stdin(election: &Election, signals: &mut Signals) -> i32 {
+    let Signals {
+        interrupt,
+        terminate,
+    } = signals;
     let mut lines = stdin_lines();
     let mut stdin_open = true;
     loop {
@@ -247,9 +261,11 @@ async fn follow_stdin(election: &Election) -> i32 {
 
 /// Runs the command each time we lead, until it exits by itself or a signal
 /// comes; returns the exit code.
-async fn run_command(election: &Election, args: &Args) -> i32 {
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+async fn run_command(election: &Election, args: &Args, signals: &mut Signals) -> i32 {
+    let Signals {
+        interrupt,
+        terminate,
+    } = signals;
     loop {
         let leadership = tokio::select! {
             leadership = election.leadership() => leadership,

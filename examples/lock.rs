@@ -125,6 +125,10 @@ async fn exit(client: &Client, code: i32) -> ! {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    // Before anything else: a signal that comes while the session starts
+    // must close it, not kill the process with its lease left in etcd.
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let setup_failed = |error: etcdutil::Error| -> ! {
         eprintln!("lock: {}", error_chain(&error));
         std::process::exit(2);
@@ -141,8 +145,6 @@ async fn main() {
     .unwrap_or_else(|e| setup_failed(e));
     let mutex = Mutex::new(&session, args.name).unwrap_or_else(|e| setup_failed(e));
 
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let held = tokio::select! {
         held = mutex.lock() => held,
         _ = interrupt.recv() => exit(&client, 128 + libc::SIGINT).await,
