@@ -134,7 +134,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcdutil::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, StatusRequest};
+use etcdutil::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest};
 use etcdutil::testing::{Etcd, Proxy};
 use etcdutil::{
     Client, Config, Election, ElectionConfig, ElectionEvent, Engine, EventObserver, NO_LEASE,
@@ -825,6 +825,19 @@ async fn handover_with(
         with(ctx.election(&name, "b", ELECTION_TTL, Some(observer))),
     )
     .await?;
+    if engine == Engine::ServerSide {
+        // etcd's Campaign puts B's key some time after B's first outcome
+        // (nothing outside the call can see when): wait for it, or A's
+        // concede finds no one waiting and wins again.
+        let prefix = format!("/elections/{}/{name}/", ctx.prefix);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count_under(b_client, &prefix).await? < 2 {
+            if Instant::now() > deadline {
+                return Err("B's key is not in etcd 5 s after B's first outcome".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     tokio::time::sleep(settle).await;
     if b.is_leader() {
         return Err("B leads before the handover".into());
@@ -899,6 +912,19 @@ async fn initial(ctx: &Ctx<'_>, client: &Client, i: usize, engine: Engine) -> Re
         return Err("new_election resolved without leading an empty election".into());
     }
     Ok(took)
+}
+
+/// How many keys are under `prefix`.
+async fn count_under(client: &Client, prefix: &str) -> Res<i64> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    let request = RangeRequest {
+        key: prefix.as_bytes().to_vec().into(),
+        range_end: end.into(),
+        count_only: true,
+        ..Default::default()
+    };
+    Ok(client.kv().range(request).await?.into_inner().count)
 }
 
 /// Waits until `session` holds a lease.

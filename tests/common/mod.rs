@@ -353,9 +353,19 @@ pub async fn candidate(
     ttl: i64,
 ) -> (Election, mpsc::UnboundedReceiver<ElectionEvent>) {
     let (observer, events) = recorder();
+    let prefix = format!("/elections/{}/", election.trim_matches('/'));
+    let before = keys_under(client, &prefix).await.len();
     let election = new_election(client, config(election, id, ttl, observer))
         .await
         .unwrap_or_else(|e| panic!("candidate {id}: {e}"));
+    if engine() == Engine::ServerSide {
+        // etcd's Campaign puts our key some time after the first outcome:
+        // a test that concedes to this candidate needs it in the race.
+        eventually(5.0, "the candidate's key", || async {
+            keys_under(client, &prefix).await.len() > before
+        })
+        .await;
+    }
     (election, events)
 }
 
