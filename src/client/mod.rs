@@ -282,7 +282,8 @@ impl Client {
 
     /// Closes every [`Session`](crate::Session) and
     /// [`Election`](crate::Election) made from this client, concurrently,
-    /// each as its own `close()` would (resign, revoke), and returns once all
+    /// each as its own `close()` would (a session steps its elections down,
+    /// then revokes, which deletes their keys), and returns once all
     /// are done: within the largest TTL + 1 s. Afterwards new sessions,
     /// elections and calls fail with [`Error::Closed`]. Calling it again
     /// waits for what is still closing.
@@ -296,7 +297,7 @@ impl Client {
     /// let client = etcdutil::new_client(None).await?;
     /// let election = etcdutil::new_election_async(&client, etcdutil::ElectionConfig::default())?;
     /// tokio::signal::ctrl_c().await.ok();
-    /// client.close().await; // resigns, revokes, and emits is_done
+    /// client.close().await; // steps down, revokes, and emits is_done
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) {

@@ -412,7 +412,8 @@ pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Ele
 /// lease, every election on it steps down at once, before etcd can expire
 /// the lease, and campaigns again on the next one. `config.ttl` is not used:
 /// the session's TTL is. Closing the election resigns it and leaves the
-/// session's lease alone; closing the session closes its elections first.
+/// session's lease alone; closing the session steps its elections down
+/// first, then revokes the lease, which deletes all their keys in one commit.
 ///
 /// ```no_run
 /// use etcdutil::{ElectionConfig, Session, SessionConfig, new_election_on};
@@ -423,7 +424,7 @@ pub fn new_election_async(client: &Client, config: ElectionConfig) -> Result<Ele
 ///     let config = ElectionConfig { election: format!("shard-{shard}"), ..Default::default() };
 ///     shards.push(new_election_on(&session, config).await?);
 /// }
-/// session.close().await; // resigns every shard we lead, then revokes the lease
+/// session.close().await; // steps every shard down, then revokes the lease
 /// # Ok(()) }
 /// ```
 pub async fn new_election_on(session: &Session, config: ElectionConfig) -> Result<Election> {
@@ -699,11 +700,13 @@ impl Election {
             .ok_or(Error::NotLeader)
     }
 
-    /// Resigns if leading, withdraws the candidacy, revokes the lease and
-    /// emits `{is_leader: false}` then `{is_done: true}`, the last event.
+    /// Steps down, takes our key out of etcd, and emits `{is_leader: false}`
+    /// then `{is_done: true}`, the last event. With a session of its own, the
+    /// revoke of its lease deletes the key (the commit a Resign would take);
+    /// on a shared session, a Resign does, and the lease stays.
     ///
     /// Returns only once `{is_done: true}` was emitted, within TTL + 1 s even
-    /// if etcd is unreachable (the Resign and the Revoke share that budget).
+    /// if etcd is unreachable.
     /// When etcd is reachable, neither our key nor our lease is left in etcd
     /// when it returns. Idempotent: a second call waits for the first.
     ///
@@ -717,7 +720,7 @@ impl Election {
 }
 
 impl Drop for Election {
-    /// Closes in the background: resigns, withdraws and revokes.
+    /// Closes in the background, as [`close`](Self::close) does.
     fn drop(&mut self) {
         let deadline = Instant::now() + close_budget(self.closer.ttl);
         self.shared.request(Request::Close {
